@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when it
+# is missing. torch is installed first, on its own, so that a CPU-only machine gets the
+# CPU build (a bare `torch` requirement would pull a multi-GB CUDA build). On a GPU
+# machine: `make demo TORCH=torch` (PyPI's default torch wheel is a CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedistill-installed
+
+.PHONY: demo test quick lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m common.data.fetch
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedistill simulate --preset default
+
+quick: $(STAMP)
+	$(VENV)/bin/fedistill simulate --preset quick
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Flower ClientApp: trains a DP student locally and returns soft labels."""

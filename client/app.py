@@ -1,0 +1,206 @@
+"""The ClientApp: one round of a client, following DESIGN.md "One round", step 2.
+
+(a) check the round's DP plan against the ledger and decline rather than exceed the
+budget; (b) distil the student towards the teacher's knowledge on the public batch (no
+ε); (c) DP-SGD on the private partition with Opacus; (d) the ledger records the event
+*before* training, so a crash can only over-count, never lose budget; (e) reply with the
+student's soft labels on the public batch, ε so far and the example count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.state import ClientState, NoisePlan
+from common.config import FedConfig
+from common.device import resolve_device
+from common.distill.codec import decode_knowledge, encode_knowledge
+from common.distill.losses import soften
+from common.errors import KnowledgeError
+from common.models import ModelConfig, build_model
+from common.privacy.accounting import (
+    DpEvent,
+    calibrate_noise_multiplier,
+    check_budget,
+    epsilon_from_events,
+)
+from common.protocol import (
+    INFO,
+    KNOWLEDGE,
+    METRICS,
+    PUBLIC,
+    ROUND,
+    SOFT_LABELS,
+    TEST_SOFT_LABELS,
+    RoundPlan,
+    from_array_record,
+    to_array_record,
+)
+from common.task import PreparedTask, client_partitions, prepare_task
+from common.training import distill, dp_train, predict_logits, steps_per_epoch, train_supervised
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What differs between client nodes: parsed once from ``context.node_config``."""
+
+    partition_id: int
+    num_partitions: int
+    state_dir: Path
+    epsilon: float | None  # a node's own budget overrides the run's
+
+    @classmethod
+    def from_context(cls, context: Context, cfg: FedConfig) -> NodeSettings:
+        nc = context.node_config
+        pid = int(nc.get("partition-id", 0))
+        state_dir = nc.get("state-dir") or str(Path(cfg.out_dir) / "clients" / f"client-{pid}")
+        eps = nc.get("epsilon")
+        return cls(pid, int(nc.get("num-partitions", cfg.num_clients)), Path(str(state_dir)),
+                   float(eps) if eps is not None else None)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of federated distillation on this client."""
+    torch.set_num_threads(1)  # two simulated clients share a 2-core machine
+    cfg = FedConfig.from_mapping(context.run_config)
+    node = NodeSettings.from_context(context, cfg)
+    plan = RoundPlan.from_record(msg.content.config_records[ROUND])
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    if plan.fingerprint != task.fingerprint:
+        raise KnowledgeError(
+            f"tokenizer fingerprint {task.fingerprint[:12]} differs from the coordinator's "
+            f"{plan.fingerprint[:12]}: both sides must load the same dataset and vocab-size."
+        )
+    device = resolve_device(cfg.device)
+    state = ClientState(node.state_dir)
+    family = cfg.student_for(node.partition_id)
+    student = build_model(_student_config(cfg, task, family))
+    state.load_student(student)
+
+    # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
+    indices = torch.as_tensor(from_array_record(msg.content, PUBLIC)["indices"], dtype=torch.long)
+    knowledge = decode_knowledge(
+        from_array_record(msg.content, KNOWLEDGE), cfg.encoding,
+        num_rows=len(indices), num_classes=task.num_classes,
+    )
+    public_x = task.public_x[indices]
+    distill(student, public_x, torch.as_tensor(knowledge), temperature=cfg.temperature,
+            epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
+            seed=cfg.seed + plan.round)
+
+    # (a, c, d) private training under DP, within the budget
+    part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
+                             node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
+    x_priv, y_priv = task.private_x[part], task.private_y[part]
+    budget = node.epsilon if node.epsilon is not None else cfg.epsilon
+    declined, reason, sigma, steps = _private_round(
+        cfg, plan, state, student, x_priv, y_priv, budget=budget, device=device,
+        client_id=f"client-{node.partition_id}",
+    )
+    state.save_student(student)
+
+    # (e) reply: soft labels on the public batch (post-processing: no ε), ε so far, count
+    content = RecordDict()
+    probs = soften(predict_logits(student, public_x, device=device), cfg.temperature).numpy()
+    content[SOFT_LABELS] = to_array_record(encode_knowledge(probs, cfg.encoding, topk=cfg.topk))
+    if plan.evaluate:
+        test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
+        content[TEST_SOFT_LABELS] = to_array_record(encode_knowledge(test_probs, "float16"))
+    content[METRICS] = MetricRecord({
+        "epsilon": state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant),
+        "num-examples": int(len(part)),
+        "declined": int(declined),
+        "dp-steps": int(steps),
+        "noise-multiplier": float(sigma),
+    })
+    content[INFO] = ConfigRecord({"student": family, "reason": reason,
+                                  "client-id": f"client-{node.partition_id}"})
+    return Message(content, reply_to=msg)
+
+
+def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:
+    return ModelConfig(family=family, size=cfg.student_size, vocab_size=task.vocab_size,
+                       num_classes=task.num_classes, max_len=cfg.max_len)
+
+
+def _private_round(
+    cfg: FedConfig, plan: RoundPlan, state: ClientState, student: torch.nn.Module,
+    x: torch.Tensor, y: torch.Tensor, *, budget: float, device: torch.device, client_id: str,
+) -> tuple[bool, str, float, int]:
+    """Train on the private partition if the plan fits; returns (declined, reason, σ, steps)."""
+    if not cfg.private_training:
+        return False, "private training is off (public-only ablation)", 0.0, 0
+    if state.ledger.has_round(plan.run_id, plan.round):
+        # The event is already recorded (a retry after a crash): never spend it twice.
+        return True, f"round {plan.round} of run {plan.run_id} is already in the ledger", 0.0, 0
+    if not cfg.dp:
+        steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
+        train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)), lr=cfg.dp_lr / 50,
+                         batch_size=cfg.dp_batch_size, device=device, seed=cfg.seed + plan.round)
+        return False, "non-private training (dp = false): no privacy guarantee", 0.0, steps
+    noise = _noise_plan(cfg, plan, state, len(x), budget)
+    event = DpEvent(noise.noise_multiplier, noise.sample_rate, noise.steps_per_round)
+    check = check_budget(state.ledger.events(), event, delta=cfg.delta, budget=budget,
+                         accountant=cfg.accountant)
+    if not check.fits:
+        log.info("%s declines round %s: %s", client_id, plan.round, check.reason)
+        return True, check.reason, noise.noise_multiplier, 0
+    state.ledger.append(run_id=plan.run_id, round=plan.round, client_id=client_id, event=event,
+                        accountant=cfg.accountant, delta=cfg.delta)
+    dp_train(student, x, y, noise_multiplier=noise.noise_multiplier,
+             max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.dp_batch_size,
+             steps=noise.steps_per_round, lr=cfg.dp_lr, optimizer=cfg.dp_optimizer,
+             trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
+             max_physical_batch_size=cfg.max_physical_batch_size, device=device,
+             seed=cfg.seed * 1000 + plan.round)
+    return False, "", noise.noise_multiplier, noise.steps_per_round
+
+
+def _noise_plan(cfg: FedConfig, plan: RoundPlan, state: ClientState, n: int,
+                budget: float) -> NoisePlan:
+    """σ for all of this run's planned rounds, calibrated once and kept on disk."""
+    saved = state.plan(plan.run_id)
+    if saved is not None:
+        return saved
+    q, per_epoch = steps_per_epoch(n, cfg.dp_batch_size)
+    steps = max(1, math.ceil(cfg.dp_epochs * per_epoch))
+    if cfg.noise_multiplier > 0:
+        sigma = cfg.noise_multiplier
+    else:
+        sigma = _calibrate(state, cfg, q, steps * plan.rounds, budget)
+    noise = NoisePlan(sigma, q, steps, plan.rounds)
+    state.save_plan(plan.run_id, noise)
+    return noise
+
+
+def _calibrate(state: ClientState, cfg: FedConfig, q: float, total_steps: int,
+               budget: float) -> float:
+    """The smallest σ whose planned steps, after any earlier runs' events, fit the budget."""
+    previous = state.ledger.events()
+    if not previous:
+        return calibrate_noise_multiplier(target_epsilon=budget, delta=cfg.delta,
+                                          sample_rate=q, steps=total_steps,
+                                          accountant=cfg.accountant)
+
+    def eps(sigma: float) -> float:
+        return epsilon_from_events([*previous, DpEvent(sigma, q, total_steps)],
+                                   delta=cfg.delta, accountant=cfg.accountant)
+
+    lo, hi = 0.3, 64.0
+    if eps(hi) > budget:  # what is left cannot pay for these rounds: decline them later
+        return hi
+    for _ in range(30):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)
+    return hi

@@ -1,0 +1,79 @@
+"""What a client keeps on disk across rounds, runs and restarts.
+
+``context.state`` does not survive a new run or a SuperNode restart (FLOWER.md), so the
+student, the noise plan and the privacy ledger live in a per-client directory. The
+ledger is the accountant: ε is always recomputed from its events, so a restart can
+neither reset the budget nor count a round twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.privacy.ledger import PrivacyLedger
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """One noise multiplier for every planned round of a run (OPACUS.md, Accounting)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    rounds: int
+
+
+class ClientState:
+    """The files of one client: ``student.pt``, ``plans.json``, ``ledger.jsonl``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = PrivacyLedger(self.dir / "ledger.jsonl")
+
+    # ---------------------------------------------------------------- student
+    def load_student(self, model: nn.Module) -> bool:
+        """Load the saved weights into ``model``; False when there are none yet."""
+        path = self.dir / "student.pt"
+        if not path.exists():
+            return False
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+
+    def save_student(self, model: nn.Module) -> None:
+        _atomic_torch_save(model.state_dict(), self.dir / "student.pt")
+
+    # ---------------------------------------------------------------- noise plans
+    def plan(self, run_id: str) -> NoisePlan | None:
+        plans = self._plans()
+        return NoisePlan(**plans[run_id]) if run_id in plans else None
+
+    def save_plan(self, run_id: str, plan: NoisePlan) -> None:
+        plans = self._plans()
+        plans[run_id] = plan.__dict__
+        _atomic_write_text(self.dir / "plans.json", json.dumps(plans, indent=2))
+
+    def _plans(self) -> dict[str, dict]:
+        path = self.dir / "plans.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""What the coordinator and the clients both import: models, data, distillation, privacy."""

@@ -1,0 +1,230 @@
+"""The run configuration: one frozen dataclass, parsed once at the app boundary.
+
+Flower hands the apps a flat ``run_config`` of kebab-case keys (``num-clients``); presets
+and ``--set`` overrides use the same keys. :func:`FedConfig.from_mapping` turns such a
+mapping into a validated, immutable :class:`FedConfig` so that no code deeper down reads
+``run_config["..."]`` by string, and a bad key or value fails before anything starts,
+naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+STUDENT_FAMILIES = ("transformer", "lstm", "cnn")
+AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl")
+ENCODINGS = ("float32", "float16", "int8", "topk")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+DP_OPTIMIZERS = ("sgd", "adamw")
+DP_TRAINABLE = ("all", "head")
+ACCOUNTANTS = ("rdp", "prv")
+SIZES = ("tiny", "small", "base")
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Every knob of a federated-distillation run (defaults = the ``default`` preset)."""
+
+    # --- task and data
+    dataset: str = "rotten-tomatoes"  # a name from `fedistill data list`
+    seed: int = 0  # seeds the split, partition, sampling and model init
+    num_clients: int = 10  # simulated SuperNodes / partitions
+    partition: str = "natural"  # iid | dirichlet | shards | natural (by movie)
+    alpha: float = 0.5  # Dirichlet concentration (partition = dirichlet)
+    max_len: int = 48  # tokens per text; longer texts are truncated
+    vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
+    # --- rounds
+    rounds: int = 6
+    clients_per_round: int = 0  # 0 = every client, every round
+    min_replies: int = 2  # a round with fewer valid replies fails
+    round_timeout: float = 900.0  # seconds the coordinator waits for replies
+    public_batch_size: int = 1000  # m: public examples whose knowledge is exchanged
+    evaluate_every: int = 1  # students are evaluated every N rounds (and the last)
+    # --- teacher (coordinator)
+    teacher_family: str = "transformer"
+    teacher_size: str = "small"
+    teacher_epochs: int = 15  # pre-training epochs on the labeled teacher set
+    teacher_lr: float = 1e-3
+    teacher_distill_epochs: int = 2  # per round, on the aggregated soft labels
+    teacher_distill_lr: float = 5e-4
+    teacher_checkpoint: str = ""  # a saved teacher to load instead of pre-training
+    # --- knowledge exchange
+    temperature: float = 2.0  # softening of both teacher and student probabilities
+    encoding: str = "float16"  # float32 | float16 | int8 | topk
+    topk: int = 2  # kept entries per row for encoding = topk
+    aggregation: str = "weighted-mean"  # mean | weighted-mean | median | trimmed-mean | dsfl
+    trim_fraction: float = 0.2  # for trimmed-mean
+    dsfl_temperature: float = 0.5  # sharpening for dsfl (< 1 lowers entropy)
+    # --- students (clients)
+    students: str = "transformer,lstm,cnn"  # assigned to clients in turn
+    student_size: str = "tiny"
+    student_distill_epochs: int = 3  # per round, on the public batch (no ε)
+    student_distill_lr: float = 2e-3
+    # --- private training (DP-SGD with Opacus)
+    private_training: bool = True  # false = the public-only ablation
+    dp: bool = True  # false = non-private training of the private partition
+    epsilon: float = 8.0  # each client's budget over all rounds (and runs)
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | prv
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0  # 0 = calibrated up front for all planned rounds
+    dp_batch_size: int = 128  # expected (Poisson) logical batch size
+    dp_epochs: float = 1.0  # passes over the private data per round
+    dp_lr: float = 0.05
+    dp_optimizer: str = "sgd"  # sgd (with momentum) | adamw
+    dp_trainable: str = "all"  # all | head
+    grad_sample_mode: str = "hooks"  # hooks | ghost
+    max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
+    # --- system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/latest"
+
+    def __post_init__(self) -> None:
+        _check_choice("partition", self.partition, PARTITIONS)
+        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
+        _check_choice("encoding", self.encoding, ENCODINGS)
+        _check_choice("grad-sample-mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        _check_choice("dp-optimizer", self.dp_optimizer, DP_OPTIMIZERS)
+        _check_choice("dp-trainable", self.dp_trainable, DP_TRAINABLE)
+        _check_choice("accountant", self.accountant, ACCOUNTANTS)
+        _check_choice("teacher-size", self.teacher_size, SIZES)
+        _check_choice("student-size", self.student_size, SIZES)
+        for family in self.student_families:
+            _check_choice("students", family, STUDENT_FAMILIES)
+        for key in ("num_clients", "rounds", "public_batch_size", "max_len", "dp_batch_size",
+                    "vocab_size", "evaluate_every", "max_physical_batch_size", "topk"):
+            _check_positive(key, getattr(self, key))
+        for key in ("epsilon", "delta", "temperature", "max_grad_norm", "dp_lr", "dp_epochs",
+                    "teacher_lr", "student_distill_lr", "teacher_distill_lr", "round_timeout",
+                    "dsfl_temperature"):
+            _check_positive(key, getattr(self, key))
+        if self.delta >= 1:
+            raise ConfigError(f"delta={self.delta} must be below 1 (and below 1/n per client).")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"trim-fraction={self.trim_fraction} must lie in [0, 0.5).")
+        if self.noise_multiplier < 0:
+            raise ConfigError(f"noise-multiplier={self.noise_multiplier} must be >= 0 "
+                              "(0 = calibrate from the budget).")
+        if not 0 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError(f"clients-per-round={self.clients_per_round} must lie in "
+                              f"[0, num-clients={self.num_clients}] (0 = all).")
+        if not 1 <= self.min_replies <= self.num_clients:
+            raise ConfigError(f"min-replies={self.min_replies} must lie in "
+                              f"[1, num-clients={self.num_clients}].")
+        for key in ("teacher_epochs", "teacher_distill_epochs", "student_distill_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{_kebab(key)}={getattr(self, key)} must be >= 0.")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def student_families(self) -> tuple[str, ...]:
+        """The student family of each client slot, in the order they are assigned."""
+        return tuple(s.strip() for s in self.students.split(",") if s.strip())
+
+    def student_for(self, partition_id: int) -> str:
+        """The student architecture of client ``partition_id`` (round-robin)."""
+        families = self.student_families
+        return families[partition_id % len(families)]
+
+    @property
+    def sampled_per_round(self) -> int:
+        return self.clients_per_round or self.num_clients
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FedConfig:
+        """Build from kebab- or snake-case keys; unknown keys and bad types fail."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(
+                    f"Unknown configuration key {raw_key!r}. Known keys: "
+                    f"{', '.join(sorted(_kebab(k) for k in known))}."
+                )
+            kwargs[key] = _coerce(raw_key, value, type(getattr(cls(), key)))
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The kebab-case mapping Flower's ``run_config`` carries."""
+        return {_kebab(k): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> FedConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a preset or config TOML: a flat table of run-config keys."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"Config file {path} does not exist; check the path.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not valid TOML: {exc}.") from exc
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # allow [sections] for readability; keys stay flat
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` pairs; values are TOML literals or bare strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r} is not key=value (for example rounds=3).")
+        key, raw = (s.strip() for s in pair.split("=", 1))
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    """Coerce TOML/CLI values to the field's type, refusing lossy conversions."""
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}={value!r} must be true or false.")
+    if target is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{key}={value!r} must be a whole number.")
+        return int(value)
+    if target is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number.")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} must be a string.")
+    return value
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{_kebab(key)}={value} must be > 0.")

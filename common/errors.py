@@ -1,0 +1,39 @@
+"""The project's exceptions, in one place.
+
+Every message says what was wrong, the offending value, and what to do about it, so
+that a user never has to read a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+
+class FedistillError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(FedistillError, ValueError):
+    """A configuration key or value is invalid (raised before anything starts)."""
+
+
+class DataError(FedistillError, ValueError):
+    """A dataset, file, split or partition cannot be used as asked."""
+
+
+class ModelError(FedistillError, ValueError):
+    """A model cannot be built or used as asked."""
+
+
+class KnowledgeError(FedistillError, ValueError):
+    """Encoded soft labels (knowledge) failed validation; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BudgetExceededError(FedistillError):
+    """A planned DP step would push a client's ε past its budget."""
+
+
+class LedgerError(FedistillError):
+    """A privacy ledger is missing, malformed, torn or tampered with."""

@@ -1,0 +1,1 @@
+"""The Flower ServerApp: hosts the teacher, runs rounds, aggregates soft labels."""

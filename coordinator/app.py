@@ -1,0 +1,242 @@
+"""The ServerApp: hosts the teacher and runs the rounds of DESIGN.md "One round".
+
+Read top to bottom: set-up (task, teacher, checkpoint), then one :func:`_run_round` per
+round, each followed by a line in ``metrics.jsonl`` and a checkpoint, then the summary.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import FedConfig
+from common.device import resolve_device
+from common.distill.codec import encode_knowledge, payload_nbytes
+from common.distill.losses import soften
+from common.errors import FedistillError
+from common.models import ModelConfig, build_model, count_parameters
+from common.protocol import KNOWLEDGE, PUBLIC, ROUND, RoundPlan, to_array_record
+from common.task import PreparedTask, prepare_task
+from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
+from coordinator.aggregation import get_aggregator
+from coordinator.checkpoint import (
+    Checkpoint,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from coordinator.replies import Rejection, ValidReply, validate_reply
+from coordinator.report import append_metrics, write_summary
+
+app = ServerApp()
+
+
+class RoundFailedError(FedistillError):
+    """Fewer valid replies than ``min-replies`` arrived within the round timeout."""
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Pre-train (or resume) the teacher, then run every planned round."""
+    cfg = FedConfig.from_mapping(context.run_config)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    (out / "tokenizer.json").write_text(task.tokenizer_json)
+    rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
+
+    # --- teacher: resume from our own checkpoint, load a given one, or pre-train
+    teacher = build_model(_teacher_config(cfg, task))
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        teacher.load_state_dict(ckpt.teacher_state)
+        restore_rng(ckpt.rng_state, rng, np_rng)
+        run_id, start, history = ckpt.run_id, ckpt.round + 1, list(ckpt.history)
+        log(INFO, "Resuming run %s after round %s from %s", run_id, ckpt.round, ckpt_path)
+    else:
+        initial = _initial_teacher(cfg, task, teacher, device)
+        run_id, start, history = str(context.run_id), 1, [initial]
+        append_metrics(out, initial)
+        save_checkpoint(ckpt_path, Checkpoint(run_id, 0, teacher.state_dict(),
+                                              capture_rng(rng, np_rng), history))
+    _log_summary(cfg, task, teacher, run_id)
+
+    # --- rounds
+    nodes = _wait_for_nodes(grid, cfg)
+    for rnd in range(start, cfg.rounds + 1):
+        record = _run_round(grid, cfg, task, teacher, rnd, run_id, nodes, rng, np_rng, device)
+        history.append(record)
+        append_metrics(out, record)
+        save_checkpoint(ckpt_path, Checkpoint(run_id, rnd, teacher.state_dict(),
+                                              capture_rng(rng, np_rng), history))
+    torch.save(teacher.state_dict(), out / "teacher.pt")
+    write_summary(out, cfg, history)
+
+
+def _teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
+    return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
+                       vocab_size=task.vocab_size, num_classes=task.num_classes,
+                       max_len=cfg.max_len)
+
+
+def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                     device: torch.device) -> dict[str, Any]:
+    """Load ``teacher-checkpoint`` or pre-train on the labeled teacher set (round 0)."""
+    start = time.monotonic()
+    if cfg.teacher_checkpoint:
+        teacher.load_state_dict(torch.load(cfg.teacher_checkpoint, map_location="cpu",
+                                           weights_only=True))
+    else:
+        train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_epochs,
+                         lr=cfg.teacher_lr, device=device, seed=cfg.seed)
+    acc = evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
+    log(INFO, "Round 0: teacher test accuracy %.4f (pre-trained on %s labeled examples)",
+        acc, len(task.teacher_x))
+    return {"round": 0, "teacher_accuracy": acc, "seconds": time.monotonic() - start}
+
+
+def _log_summary(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                 run_id: str) -> None:
+    log(INFO, "fedistill run %s: dataset=%s clients=%s rounds=%s aggregation=%s "
+        "encoding=%s epsilon=%s delta=%s", run_id, cfg.dataset, cfg.num_clients, cfg.rounds,
+        cfg.aggregation, cfg.encoding, cfg.epsilon, cfg.delta)
+    log(INFO, "teacher %s/%s: %s parameters; students %s/%s; data private=%s public=%s "
+        "teacher=%s test=%s", cfg.teacher_family, cfg.teacher_size, count_parameters(teacher),
+        cfg.students, cfg.student_size, len(task.private_x), len(task.public_x),
+        len(task.teacher_x), len(task.test_x))
+
+
+def _wait_for_nodes(grid: Grid, cfg: FedConfig) -> list[int]:
+    """Wait until every expected node is connected, or at least ``min-replies`` of them."""
+    deadline = time.monotonic() + cfg.round_timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= cfg.num_clients:
+            return nodes
+        if time.monotonic() > deadline:
+            if len(nodes) >= cfg.min_replies:
+                log(WARNING, "Only %s of %s nodes connected; going on", len(nodes),
+                    cfg.num_clients)
+                return nodes
+            raise RoundFailedError(
+                f"only {len(nodes)} node(s) connected within round-timeout="
+                f"{cfg.round_timeout}s; min-replies={cfg.min_replies}. Start more nodes."
+            )
+        time.sleep(1.0)
+
+
+def _run_round(
+    grid: Grid, cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module, rnd: int,
+    run_id: str, nodes: list[int], rng: random.Random, np_rng: np.random.Generator,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One round: send knowledge, validate and aggregate replies, distil, evaluate."""
+    start = time.monotonic()
+    sampled = rng.sample(nodes, min(cfg.sampled_per_round, len(nodes)))  # uint64 stays int
+    m = min(cfg.public_batch_size, len(task.public_x))
+    indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
+    public_x = task.public_x[torch.as_tensor(indices)]
+    teacher_probs = soften(predict_logits(teacher, public_x, device=device), cfg.temperature)
+    knowledge = encode_knowledge(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
+    evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
+    plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
+
+    # --- send, receive, validate
+    messages = [_train_message(plan, indices, knowledge, node) for node in sampled]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    valid, rejected = _validate_all(replies, cfg, task, m, evaluate)
+    if len(valid) < cfg.min_replies:
+        raise RoundFailedError(
+            f"round {rnd}: {len(valid)} valid replies of {len(sampled)} sampled, fewer than "
+            f"min-replies={cfg.min_replies}; rejected: {[r.reason for r in rejected]}"
+        )
+
+    # --- aggregate, distil the teacher on (S_t, aggregate), evaluate
+    aggregate = _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid])
+    distill(teacher, public_x, torch.as_tensor(aggregate, dtype=torch.float32),
+            temperature=cfg.temperature, epochs=cfg.teacher_distill_epochs,
+            lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
+    record = _evaluate(cfg, task, teacher, valid, evaluate, device)
+    record.update({
+        "round": rnd,
+        "sampled": len(sampled),
+        "replies": len(valid),
+        "rejected": [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
+        "declined": sorted(r.client_id for r in valid if r.declined),
+        "epsilon": {r.client_id: r.epsilon for r in valid},
+        "epsilon_max": max(r.epsilon for r in valid),
+        "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
+        "bytes_up": sum(r.nbytes for r in valid),
+        "seconds": time.monotonic() - start,
+    })
+    log(INFO, "Round %s: teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
+        "(%.1fs)", rnd, record["teacher_accuracy"], record.get("ensemble_accuracy"),
+        record.get("student_accuracy_mean"), record["epsilon_max"], len(valid), len(sampled),
+        record["seconds"])
+    return record
+
+
+def _train_message(plan: RoundPlan, indices: np.ndarray, knowledge: dict[str, np.ndarray],
+                   node: int) -> Message:
+    content = RecordDict({
+        ROUND: plan.to_record(),
+        PUBLIC: to_array_record({"indices": indices}),
+        KNOWLEDGE: to_array_record(knowledge),
+    })
+    return Message(content=content, dst_node_id=node, message_type="train")
+
+
+def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m: int,
+                  evaluate: bool) -> tuple[list[ValidReply], list[Rejection]]:
+    valid: list[ValidReply] = []
+    rejected: list[Rejection] = []
+    for reply in replies:
+        result = validate_reply(reply, encoding=cfg.encoding, num_rows=m,
+                                num_classes=task.num_classes,
+                                num_test=len(task.test_x) if evaluate else None)
+        if isinstance(result, Rejection):
+            log(WARNING, "Rejected the reply of node %s: %s", result.node_id, result.reason)
+            rejected.append(result)
+        else:
+            valid.append(result)
+    return valid, rejected
+
+
+def _aggregator(cfg: FedConfig):
+    params: dict[str, Any] = {}
+    if cfg.aggregation == "trimmed-mean":
+        params["trim_fraction"] = cfg.trim_fraction
+    if cfg.aggregation == "dsfl":
+        params["temperature"] = cfg.dsfl_temperature
+    return get_aggregator(cfg.aggregation, **params)
+
+
+def _evaluate(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+              valid: list[ValidReply], evaluate: bool, device: torch.device) -> dict[str, Any]:
+    """Test accuracy of the teacher, and in evaluate rounds of the ensemble and students."""
+    record: dict[str, Any] = {
+        "teacher_accuracy": evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
+    }
+    if not evaluate:
+        return record
+    y = task.test_y.numpy()
+    per_client = {r.client_id: float((r.test_probs.argmax(1) == y).mean()) for r in valid}
+    ensemble = _aggregator(cfg)([r.test_probs for r in valid], [r.num_examples for r in valid])
+    record["ensemble_accuracy"] = float((ensemble.argmax(1) == y).mean())
+    record["student_accuracy"] = per_client
+    record["student_accuracy_mean"] = float(np.mean(list(per_client.values())))
+    record["students"] = {r.client_id: r.student for r in valid}
+    return record

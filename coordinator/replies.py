@@ -1,0 +1,83 @@
+"""Validation of client replies: a bad reply is rejected with a reason, never raised.
+
+One bad client never stops a round (Flower's strategies do the same): each reply is
+decoded and checked here, and the round loop only ever sees :class:`ValidReply` objects
+or a logged rejection carrying the node id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message
+
+from common.distill.codec import decode_knowledge, payload_nbytes
+from common.errors import KnowledgeError
+from common.protocol import (
+    INFO,
+    SOFT_LABELS,
+    TEST_SOFT_LABELS,
+    from_array_record,
+    read_metrics,
+)
+
+
+@dataclass(frozen=True)
+class ValidReply:
+    """A reply that passed every check, decoded."""
+
+    node_id: int
+    client_id: str
+    student: str
+    probs: np.ndarray  # (m, C) soft labels on the public batch
+    test_probs: np.ndarray | None  # (n_test, C) in evaluate rounds
+    epsilon: float
+    num_examples: int
+    declined: bool
+    reason: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    node_id: int
+    reason: str
+
+
+def validate_reply(
+    reply: Message, *, encoding: str, num_rows: int, num_classes: int, num_test: int | None
+) -> ValidReply | Rejection:
+    """Decode and check one reply; any problem becomes a :class:`Rejection`."""
+    node_id = int(reply.metadata.src_node_id)
+    if not reply.has_content():
+        why = reply.error.reason if reply.has_error() else "no content"
+        return Rejection(node_id, f"client error: {why}")
+    try:
+        content = reply.content
+        arrays = from_array_record(content, SOFT_LABELS)
+        probs = decode_knowledge(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
+        nbytes = payload_nbytes(arrays)
+        test_probs = None
+        if num_test is not None:
+            test_arrays = from_array_record(content, TEST_SOFT_LABELS)
+            test_probs = decode_knowledge(test_arrays, "float16", num_rows=num_test,
+                                          num_classes=num_classes)
+        metrics = read_metrics(content)
+        info = content.config_records[INFO] if INFO in content.config_records else {}
+    except KnowledgeError as exc:
+        return Rejection(node_id, exc.reason)
+    if metrics["num-examples"] < 1:
+        return Rejection(node_id, f"num-examples={metrics['num-examples']} must be >= 1")
+    return ValidReply(
+        node_id=node_id,
+        client_id=str(info.get("client-id", node_id)),
+        student=str(info.get("student", "?")),
+        probs=probs,
+        test_probs=test_probs,
+        epsilon=metrics["epsilon"],
+        num_examples=int(metrics["num-examples"]),
+        declined=bool(metrics["declined"]),
+        reason=str(info.get("reason", "")),
+        nbytes=nbytes,
+    )

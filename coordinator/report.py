@@ -1,0 +1,67 @@
+"""What the coordinator writes: one ``metrics.jsonl`` line per round and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from common.config import FedConfig
+
+
+def append_metrics(out: Path, record: dict[str, Any]) -> None:
+    """Append one round's record, durably (a reader may be tailing the file)."""
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary in the form every baseline also writes (README, summary.json)."""
+    rounds = [r for r in history if r["round"] > 0]
+    last = rounds[-1] if rounds else history[-1]
+    evaluated = [r for r in rounds if "ensemble_accuracy" in r]
+    final_eval = evaluated[-1] if evaluated else {}
+    eps: dict[str, float] = {}
+    for r in rounds:  # the latest ε each client reported
+        eps.update(r.get("epsilon", {}))
+    return {
+        "task": "classification",
+        "method": "federated-distillation" if cfg.private_training else "public-only",
+        "dataset": cfg.dataset,
+        "rounds": len(rounds),
+        "clients": cfg.num_clients,
+        "students": cfg.students,
+        "aggregation": cfg.aggregation,
+        "encoding": cfg.encoding,
+        "seed": cfg.seed,
+        "final": {
+            "teacher_accuracy_initial": history[0]["teacher_accuracy"],
+            "teacher_accuracy": last["teacher_accuracy"],
+            "ensemble_accuracy": final_eval.get("ensemble_accuracy"),
+            "student_accuracy_mean": final_eval.get("student_accuracy_mean"),
+            "student_accuracy": final_eval.get("student_accuracy", {}),
+        },
+        "privacy": {
+            "dp": cfg.dp and cfg.private_training,
+            "delta": cfg.delta,
+            "budget": cfg.epsilon,
+            "accountant": cfg.accountant,
+            "epsilon_per_client": eps,
+            "epsilon_max": max(eps.values()) if eps else 0.0,
+            "source": "reported by clients",
+        },
+        "communication": {
+            "bytes_up": sum(r.get("bytes_up", 0) for r in rounds),
+            "bytes_down": sum(r.get("bytes_down", 0) for r in rounds),
+        },
+        "wall_seconds": sum(r.get("seconds", 0.0) for r in history),
+    }
+
+
+def write_summary(out: Path, cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = build_summary(cfg, history)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary

@@ -1,0 +1,1 @@
+"""The ``fedistill`` command line, presets, simulation runner, baselines and reports."""

@@ -1,0 +1,143 @@
+"""The ``fedistill`` command line."""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from common.config import FedConfig, load_toml, parse_assignments
+from common.errors import ConfigError, FedistillError
+from simulations.data_cli import data_app
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Privacy-preserving federated distillation on Flower and Opacus.",
+)
+app.add_typer(data_app, name="data", help="Inspect the registered datasets.")
+console = Console()
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("simulations") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def resolve_config(preset: str | None, config: Path | None, sets: list[str],
+                   out: Path | None) -> FedConfig:
+    """Defaults < preset (or --config file) < --set overrides < --out; validated once."""
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(load_toml(config))
+    else:
+        name = preset or "default"
+        path = resources.files("simulations") / "presets" / f"{name}.toml"
+        if not path.is_file():
+            known = ", ".join(preset_names())
+            raise ConfigError(f"Unknown preset {name!r}; known presets: {known}.")
+        values.update(load_toml(Path(str(path))))
+    values.update(parse_assignments(sets))
+    if out is not None:
+        values["out-dir"] = str(out)
+    elif "out-dir" not in values:
+        values["out-dir"] = str(Path("runs") / (preset or (config.stem if config else "default")))
+    return FedConfig.from_mapping(values)
+
+
+def _fresh_out_dir(out: Path) -> None:
+    """Start a fresh run in ``out``: clear an earlier fedistill run, refuse anything else."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / "run_config.toml").exists():
+            raise ConfigError(f"--out {out} is not empty and holds no fedistill run; "
+                              "choose an empty or new directory.")
+        console.print(f"[yellow]Replacing the earlier run in {out}[/yellow]")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@app.command()
+def simulate(
+    preset: Annotated[str | None, typer.Option(help="A preset in simulations/presets.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A TOML file of run-config keys.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/PRESET).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Run a baseline instead.")] = None,
+    num_cpus: Annotated[int, typer.Option(help="CPUs per simulated client.")] = 1,
+    num_gpus: Annotated[float, typer.Option(help="GPUs per simulated client.")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
+) -> None:
+    """Run a federation on Flower's Simulation Engine and report it."""
+    if preset and config:
+        raise ConfigError("Give --preset or --config, not both.")
+    cfg = resolve_config(preset, config, set_ or [], out)
+    out_dir = Path(cfg.out_dir)
+    _fresh_out_dir(out_dir)
+    if baseline:
+        from simulations.baselines import run_baseline
+
+        summary = run_baseline(baseline, cfg, console=console)
+    else:
+        summary = _simulate(cfg, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
+    from simulations.report import summary_table
+
+    console.print(summary_table(summary))
+    console.print(f"Results in {out_dir.resolve()}")
+
+
+def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
+    from simulations.report import finalize_summary, plot_run, read_metrics
+    from simulations.runner import run_simulation
+
+    console.print(f"[bold]fedistill simulate[/bold]: {cfg.dataset}, {cfg.num_clients} clients, "
+                  f"{cfg.rounds} rounds, ε budget {cfg.epsilon}, students {cfg.students}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        bar = progress.add_task("starting Flower (teacher pre-training)...", total=cfg.rounds)
+
+        def on_record(record: dict[str, Any]) -> None:
+            progress.update(bar, completed=record["round"], description=_describe(record))
+
+        summary = run_simulation(cfg, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
+                                 on_record=on_record)
+    out = Path(cfg.out_dir).resolve()
+    summary = finalize_summary(out, summary)
+    plot_run(out, read_metrics(out), cfg.epsilon)
+    return summary
+
+
+def _describe(record: dict[str, Any]) -> str:
+    text = f"round {record['round']}: teacher {record['teacher_accuracy']:.3f}"
+    if "ensemble_accuracy" in record:
+        text += f" ensemble {record['ensemble_accuracy']:.3f}"
+    if "epsilon_max" in record:
+        text += f" ε_max {record['epsilon_max']:.2f}"
+    return text
+
+
+def main() -> None:
+    """Console entry point: project errors become one clear line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except FedistillError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Reports of a finished run: ε recomputed from the ledgers, a final table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from common.privacy.ledger import PrivacyLedger  # noqa: E402
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ledger_epsilons(out: Path, *, delta: float, accountant: str) -> dict[str, float]:
+    """Each client's ε recomputed from its ledger's events (never from stored numbers)."""
+    eps: dict[str, float] = {}
+    for path in sorted((out / "clients").glob("*/ledger.jsonl")):
+        ledger = PrivacyLedger(path)
+        ledger.verify()
+        eps[path.parent.name] = ledger.epsilon(delta=delta, accountant=accountant)
+    return eps
+
+
+def finalize_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Replace the clients' reported ε by the ledger-recomputed one, and keep both."""
+    privacy = summary["privacy"]
+    recomputed = ledger_epsilons(out, delta=privacy["delta"], accountant=privacy["accountant"])
+    if recomputed:
+        privacy["epsilon_reported"] = privacy["epsilon_per_client"]
+        privacy["epsilon_per_client"] = recomputed
+        privacy["epsilon_max"] = max(recomputed.values())
+        privacy["source"] = "recomputed from the clients' ledgers"
+    privacy["within_budget"] = privacy["epsilon_max"] <= privacy["budget"] + 1e-9
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The final table printed by ``fedistill simulate``."""
+    table = Table(title=f"fedistill · {summary.get('method')} · {summary['dataset']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    final, privacy, comm = summary["final"], summary["privacy"], summary["communication"]
+    for label, value in [
+        ("teacher accuracy (initial)", final.get("teacher_accuracy_initial")),
+        ("teacher accuracy (final)", final.get("teacher_accuracy")),
+        ("ensemble accuracy", final.get("ensemble_accuracy")),
+        ("student accuracy (mean)", final.get("student_accuracy_mean")),
+        ("ε max / budget", f"{privacy['epsilon_max']:.3f} / {privacy['budget']}"),
+        ("δ", privacy["delta"]),
+        ("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}"),
+        ("rounds · clients", f"{summary['rounds']} · {summary['clients']}"),
+        ("wall seconds", f"{summary['wall_seconds']:.1f}"),
+    ]:
+        table.add_row(label, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def plot_run(out: Path, records: list[dict[str, Any]], budget: float) -> list[Path]:
+    """Accuracy per round, ε per client, bytes per round, as PNG files in ``out``."""
+    rounds = [r for r in records if r["round"] > 0]
+    paths = [out / "accuracy.png", out / "epsilon.png", out / "bytes.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["round"] for r in records], [r["teacher_accuracy"] for r in records], "o-",
+            label="teacher")
+    ev = [r for r in rounds if "ensemble_accuracy" in r]
+    ax.plot([r["round"] for r in ev], [r["ensemble_accuracy"] for r in ev], "s-", label="ensemble")
+    ax.plot([r["round"] for r in ev], [r["student_accuracy_mean"] for r in ev], "^-",
+            label="students (mean)")
+    ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy per round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    clients = sorted({c for r in rounds for c in r.get("epsilon", {})})
+    for c in clients:
+        pts = [(r["round"], r["epsilon"][c]) for r in rounds if c in r.get("epsilon", {})]
+        ax.plot(*zip(*pts, strict=True), marker=".", label=c)
+    ax.axhline(budget, color="red", linestyle="--", label="budget")
+    ax.set(xlabel="round", ylabel="ε", title="ε spent per client")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["round"] for r in rounds]
+    ax.bar([x - 0.2 for x in xs], [r["bytes_up"] for r in rounds], width=0.4, label="up")
+    ax.bar([x + 0.2 for x in xs], [r["bytes_down"] for r in rounds], width=0.4, label="down")
+    ax.set(xlabel="round", ylabel="bytes", title="Bytes per round")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+    return paths

@@ -57,14 +57,20 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("teacher accuracy (final)", final.get("teacher_accuracy")),
         ("ensemble accuracy", final.get("ensemble_accuracy")),
         ("student accuracy (mean)", final.get("student_accuracy_mean")),
-        ("ε max / budget", f"{privacy['epsilon_max']:.3f} / {privacy['budget']}"),
+        ("ε max / budget", f"{_fmt(privacy['epsilon_max'])} / {privacy['budget']}"),
         ("δ", privacy["delta"]),
         ("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}"),
         ("rounds · clients", f"{summary['rounds']} · {summary['clients']}"),
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),
     ]:
-        table.add_row(label, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(label, _fmt(value))
     return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def plot_run(out: Path, records: list[dict[str, Any]], budget: float) -> list[Path]:

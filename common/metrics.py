@@ -1,0 +1,200 @@
+"""Evaluation metrics as pure numpy functions.
+
+Classification (accuracy, macro-F1), language modelling (perplexity), generated text
+(word entropy, distinct-n, spelling-error rate against a training vocabulary, syntax-error
+rate of generated Python) and forecasting (MSE, MAE). They take plain arrays or lists so
+that the coordinator, the clients and the baselines compute them the same way, without
+torch. Empty or mismatched inputs raise DataError rather than returning NaN, which would
+otherwise flow silently into reports.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from common.errors import DataError
+
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*", re.UNICODE)
+
+
+# ------------------------------------------------------------------ classification
+
+
+def _class_predictions(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and predicted labels (N,); scores (N, K) are argmax-ed."""
+    true = np.asarray(y_true)
+    pred = np.asarray(y_pred)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    if true.ndim != 1 or pred.ndim != 1:
+        raise DataError(
+            f"{what}: expected labels (N,) and predictions (N,) or scores (N, K); "
+            f"got shapes {true.shape} and {np.asarray(y_pred).shape}."
+        )
+    if len(true) != len(pred):
+        raise DataError(f"{what}: {len(true)} labels but {len(pred)} predictions.")
+    if len(true) == 0:
+        raise DataError(f"{what} needs at least one example; got none.")
+    return true.astype(np.int64), pred.astype(np.int64)
+
+
+def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray) -> float:
+    """Share of correct predictions; ``y_pred`` may be labels (N,) or scores (N, K)."""
+    true, pred = _class_predictions(y_true, y_pred, "accuracy")
+    return float((true == pred).mean())
+
+
+def macro_f1(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    *,
+    num_classes: int | None = None,
+) -> float:
+    """Unweighted mean of per-class F1 = 2·TP / (2·TP + FP + FN).
+
+    Averaged over ``range(num_classes)`` if given, else over the classes present in
+    labels or predictions (as scikit-learn does). A class with no true and no predicted
+    example has F1 = 0 when it is listed by ``num_classes`` (it was asked for).
+    """
+    true, pred = _class_predictions(y_true, y_pred, "macro_f1")
+    classes = np.arange(num_classes) if num_classes is not None else np.union1d(true, pred)
+    f1s = []
+    for c in classes:
+        tp = np.sum((pred == c) & (true == c))
+        fp = np.sum((pred == c) & (true != c))
+        fn = np.sum((pred != c) & (true == c))
+        denom = 2 * tp + fp + fn
+        f1s.append(0.0 if denom == 0 else 2 * tp / denom)
+    return float(np.mean(f1s))
+
+
+# ------------------------------------------------------------------ language modelling
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean negative log-likelihood per token, in nats); inf if it overflows."""
+    value = float(mean_nll)
+    if not math.isfinite(value) or value < 0:
+        raise DataError(f"perplexity needs a finite, non-negative mean NLL (nats); got {mean_nll}.")
+    return math.exp(value) if value < 700 else math.inf
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased alphabetic words (apostrophes kept inside words, digits dropped)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def word_vocabulary(texts: Iterable[str]) -> set[str]:
+    """The set of words of a training corpus (for :func:`spelling_error_rate`)."""
+    vocab: set[str] = set()
+    for text in texts:
+        vocab.update(words(text))
+    return vocab
+
+
+def _all_words(texts: Sequence[str] | str, what: str) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    tokens = [w for t in texts for w in words(t)]
+    if not tokens:
+        raise DataError(f"{what}: the generated text has no words.")
+    return tokens
+
+
+def word_entropy(texts: Sequence[str] | str, *, base: float = 2.0) -> float:
+    """Entropy of the unigram word distribution of generated text (bits by default).
+
+    Low entropy = repetitive generations.
+    """
+    counts = np.asarray(list(Counter(_all_words(texts, "word_entropy")).values()), dtype=float)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum() / math.log(base))
+
+
+def distinct_n(texts: Sequence[str] | str, n: int = 2) -> float:
+    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams, pooled over texts."""
+    if n < 1:
+        raise DataError(f"distinct_n needs n >= 1; got {n}.")
+    if isinstance(texts, str):
+        texts = [texts]
+    grams = [
+        tuple(ws[i : i + n]) for t in texts if (ws := words(t)) for i in range(len(ws) - n + 1)
+    ]
+    if not grams:
+        raise DataError(f"distinct_n: the generated text has no {n}-gram of words.")
+    return len(set(grams)) / len(grams)
+
+
+def spelling_error_rate(texts: Sequence[str] | str, vocabulary: Iterable[str]) -> float:
+    """Share of generated words absent from the training ``vocabulary`` (case-insensitive)."""
+    vocab = {w.lower() for w in vocabulary}
+    if not vocab:
+        raise DataError("spelling_error_rate needs a non-empty training vocabulary.")
+    tokens = _all_words(texts, "spelling_error_rate")
+    return sum(w not in vocab for w in tokens) / len(tokens)
+
+
+def syntax_error_rate(snippets: Sequence[str]) -> float:
+    """Share of generated Python snippets that ``ast.parse`` rejects."""
+    if isinstance(snippets, str):
+        snippets = [snippets]
+    if len(snippets) == 0:
+        raise DataError("syntax_error_rate needs at least one snippet.")
+    failures = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # generated code may hold e.g. invalid escapes
+        for snippet in snippets:
+            try:
+                ast.parse(snippet)
+            except (SyntaxError, ValueError):  # ValueError: null bytes in the source
+                failures += 1
+    return failures / len(snippets)
+
+
+# ------------------------------------------------------------------ forecasting
+
+
+def _pair(
+    y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float], what: str
+) -> np.ndarray:
+    true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(y_pred, dtype=np.float64)
+    if true.shape != pred.shape:
+        raise DataError(f"{what}: targets {true.shape} and predictions {pred.shape} differ.")
+    if true.size == 0:
+        raise DataError(f"{what} needs at least one value; got none.")
+    return pred - true
+
+
+def mse(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> float:
+    """Mean squared error over all elements."""
+    return float(np.mean(_pair(y_true, y_pred, "mse") ** 2))
+
+
+def mae(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[float]) -> float:
+    """Mean absolute error over all elements."""
+    return float(np.mean(np.abs(_pair(y_true, y_pred, "mae"))))
+
+
+__all__ = [
+    "accuracy",
+    "distinct_n",
+    "macro_f1",
+    "mae",
+    "mse",
+    "perplexity",
+    "spelling_error_rate",
+    "syntax_error_rate",
+    "word_entropy",
+    "word_vocabulary",
+    "words",
+]

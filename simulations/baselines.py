@@ -1,0 +1,220 @@
+"""Baselines in the same harness: same split, same students, same example-level privacy.
+
+Each writes ``summary.json`` in the form ``fedistill simulate`` writes, so results stand
+side by side. The baselines run in this process with the training loops of
+``common/training`` (the ones the federation uses); FedAvg and DP-FedAvg average weights
+in a plain loop rather than through Flower, and count the bytes Flower would carry: the
+float32 weights of the model, down and up, for every sampled client and round.
+
+- ``centralized``: one student on all private partitions pooled, non-private.
+- ``centralized-dp``: the same with DP-SGD at the clients' ε (one pooled dataset).
+- ``local-only``: every client trains its own student with DP-SGD on its partition alone.
+- ``fedavg``: FedAvg of the first student family, local non-private epochs.
+- ``dp-fedavg``: FedAvg of students trained locally with the same Opacus DP-SGD, so that
+  only what is exchanged (weights instead of soft labels) differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from common.config import FedConfig
+from common.device import resolve_device
+from common.errors import ConfigError
+from common.models import ModelConfig, build_model
+from common.privacy.accounting import DpEvent, calibrate_noise_multiplier, epsilon_from_events
+from common.task import PreparedTask, client_partitions, prepare_task
+from common.training import dp_train, predict_logits, steps_per_epoch, train_supervised
+
+BASELINES = ("centralized", "centralized-dp", "local-only", "fedavg", "dp-fedavg")
+
+
+def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -> dict[str, Any]:
+    """Run baseline ``name`` for ``cfg`` and write ``summary.json`` in ``cfg.out_dir``."""
+    if name not in BASELINES:
+        raise ConfigError(f"Unknown baseline {name!r}; choose one of {', '.join(BASELINES)}.")
+    console = console or Console()
+    start = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    parts = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
+                              cfg.num_clients, cfg.partition, cfg.alpha)
+    console.print(f"[bold]baseline {name}[/bold]: {cfg.dataset}, {cfg.num_clients} partitions")
+    runner: Callable[..., dict[str, Any]] = {
+        "centralized": _centralized,
+        "centralized-dp": _centralized,
+        "local-only": _local_only,
+        "fedavg": _fedavg,
+        "dp-fedavg": _fedavg,
+    }[name]
+    result = runner(cfg, task, parts, dp=name in ("centralized-dp", "local-only", "dp-fedavg"))
+    summary = _summary(name, cfg, result, time.monotonic() - start)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+# ----------------------------------------------------------------------------- helpers
+def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module:
+    return build_model(ModelConfig(family=family, size=cfg.student_size,
+                                   vocab_size=task.vocab_size, num_classes=task.num_classes,
+                                   max_len=cfg.max_len))
+
+
+def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,
+                        device: torch.device) -> tuple[float, np.ndarray]:
+    probs = torch.softmax(predict_logits(model, task.test_x, device=device), dim=1).numpy()
+    return float((probs.argmax(1) == task.test_y.numpy()).mean()), probs
+
+
+def _dp_steps_total(cfg: FedConfig, n: int) -> tuple[float, int, int]:
+    """q, steps per round and total steps for ``n`` examples, as the clients plan them."""
+    q, per_epoch = steps_per_epoch(n, cfg.dp_batch_size)
+    per_round = max(1, math.ceil(cfg.dp_epochs * per_epoch))
+    return q, per_round, per_round * cfg.rounds
+
+
+def _sigma(cfg: FedConfig, q: float, steps: int) -> float:
+    if cfg.noise_multiplier > 0:
+        return cfg.noise_multiplier
+    return calibrate_noise_multiplier(target_epsilon=cfg.epsilon, delta=cfg.delta,
+                                      sample_rate=q, steps=steps, accountant=cfg.accountant)
+
+
+def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   *, dp: bool, steps: int, sigma: float, device: torch.device,
+                   seed: int) -> None:
+    """DP-SGD exactly as the clients run it, or the same data without DP."""
+    if dp:
+        dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+                 expected_batch_size=cfg.dp_batch_size, steps=steps, lr=cfg.dp_lr,
+                 optimizer=cfg.dp_optimizer, trainable=cfg.dp_trainable,
+                 grad_sample_mode=cfg.grad_sample_mode,
+                 max_physical_batch_size=cfg.max_physical_batch_size, device=device, seed=seed)
+    else:
+        epochs = max(1, round(steps * cfg.dp_batch_size / max(len(x), 1)))
+        train_supervised(model, x, y, epochs=epochs, lr=cfg.teacher_lr, device=device,
+                         batch_size=32, seed=seed)
+
+
+# ----------------------------------------------------------------------------- baselines
+def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
+                 dp: bool) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    idx = torch.as_tensor(np.concatenate(parts))
+    x, y = task.private_x[idx], task.private_y[idx]
+    q, _, total = _dp_steps_total(cfg, len(x))
+    sigma = _sigma(cfg, q, total) if dp else 0.0
+    model = _student(cfg, task, cfg.student_families[0])
+    _private_train(cfg, model, x, y, dp=dp, steps=total, sigma=sigma, device=device,
+                   seed=cfg.seed)
+    acc, _ = _accuracy_and_probs(model, task, device)
+    eps = epsilon_from_events([DpEvent(sigma, q, total)], delta=cfg.delta,
+                              accountant=cfg.accountant) if dp else math.inf
+    return {"student_accuracy": {"centralized": acc}, "epsilon": {"centralized": eps},
+            "bytes_up": 0, "bytes_down": 0}
+
+
+def _local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
+                dp: bool) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    accs, eps, probs = {}, {}, []
+    for k, part in enumerate(parts):
+        idx = torch.as_tensor(part)
+        q, _, total = _dp_steps_total(cfg, len(part))
+        sigma = _sigma(cfg, q, total)
+        model = _student(cfg, task, cfg.student_for(k))
+        _private_train(cfg, model, task.private_x[idx], task.private_y[idx], dp=dp,
+                       steps=total, sigma=sigma, device=device, seed=cfg.seed + k)
+        accs[f"client-{k}"], p = _accuracy_and_probs(model, task, device)
+        eps[f"client-{k}"] = epsilon_from_events([DpEvent(sigma, q, total)], delta=cfg.delta,
+                                                 accountant=cfg.accountant)
+        probs.append(p)
+    ensemble = float((np.mean(probs, axis=0).argmax(1) == task.test_y.numpy()).mean())
+    return {"student_accuracy": accs, "epsilon": eps, "ensemble_accuracy": ensemble,
+            "bytes_up": 0, "bytes_down": 0}
+
+
+def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
+            dp: bool) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    family = cfg.student_families[0]
+    global_model = _student(cfg, task, family)
+    nbytes = sum(p.numel() * 4 for p in global_model.state_dict().values())
+    plans = [_dp_steps_total(cfg, len(part)) for part in parts]
+    sigmas = [_sigma(cfg, q, total) if dp else 0.0 for q, _, total in plans]
+    bytes_up = bytes_down = 0
+    for rnd in range(1, cfg.rounds + 1):
+        states, weights = [], []
+        for k, part in enumerate(parts):
+            local = _student(cfg, task, family)
+            local.load_state_dict(global_model.state_dict())
+            idx = torch.as_tensor(part)
+            _private_train(cfg, local, task.private_x[idx], task.private_y[idx], dp=dp,
+                           steps=plans[k][1], sigma=sigmas[k], device=device,
+                           seed=cfg.seed * 1000 + rnd * 100 + k)
+            states.append(local.state_dict())
+            weights.append(len(part))
+            bytes_down, bytes_up = bytes_down + nbytes, bytes_up + nbytes
+        global_model.load_state_dict(_weighted_average(states, weights))
+    acc, _ = _accuracy_and_probs(global_model, task, device)
+    eps = {f"client-{k}": (epsilon_from_events([DpEvent(sigmas[k], q, total)], delta=cfg.delta,
+                                               accountant=cfg.accountant) if dp else math.inf)
+           for k, (q, _, total) in enumerate(plans)}
+    return {"student_accuracy": {"global": acc}, "epsilon": eps, "bytes_up": bytes_up,
+            "bytes_down": bytes_down}
+
+
+def _weighted_average(states: list[dict[str, torch.Tensor]],
+                      weights: list[int]) -> dict[str, torch.Tensor]:
+    total = float(sum(weights))
+    out = {}
+    for key, ref in states[0].items():
+        if not torch.is_floating_point(ref):
+            out[key] = ref
+            continue
+        out[key] = sum(s[key] * (w / total) for s, w in zip(states, weights, strict=True))
+    return out
+
+
+def _summary(name: str, cfg: FedConfig, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    accs = result["student_accuracy"]
+    eps = result["epsilon"]
+    finite = [e for e in eps.values() if math.isfinite(e)]
+    return {
+        "task": "classification",
+        "method": name,
+        "dataset": cfg.dataset,
+        "rounds": cfg.rounds,
+        "clients": cfg.num_clients,
+        "students": cfg.students,
+        "seed": cfg.seed,
+        "final": {
+            "teacher_accuracy_initial": None,
+            "teacher_accuracy": None,
+            "ensemble_accuracy": result.get("ensemble_accuracy"),
+            "student_accuracy_mean": float(np.mean(list(accs.values()))),
+            "student_accuracy": accs,
+        },
+        "privacy": {
+            "dp": bool(finite),
+            "delta": cfg.delta,
+            "budget": cfg.epsilon,
+            "accountant": cfg.accountant,
+            "epsilon_per_client": {k: (v if math.isfinite(v) else None) for k, v in eps.items()},
+            "epsilon_max": max(finite) if finite else None,
+            "source": "computed from the baseline's DP events",
+        },
+        "communication": {"bytes_up": result["bytes_up"], "bytes_down": result["bytes_down"]},
+        "wall_seconds": seconds,
+    }

@@ -18,6 +18,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu" or spec.startswith("cuda"):
         if spec.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device={spec!r} asked for CUDA but none is available; use 'auto' or 'cpu'.")
+            raise ConfigError(
+                f"device={spec!r} asked for CUDA but none is available; use 'auto' or 'cpu'."
+            )
         return torch.device(spec)
     raise ConfigError(f"Unknown device {spec!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")

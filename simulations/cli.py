@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,8 +122,14 @@ def _describe(record: dict[str, Any]) -> str:
     return text
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console entry point: project errors become one clear line and exit code 2."""
+    # SIGTERM unwinds like Ctrl-C, so the runner still stops the processes it started.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app(standalone_mode=False)
     except FedistillError as exc:

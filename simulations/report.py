@@ -58,7 +58,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("ensemble accuracy", final.get("ensemble_accuracy")),
         ("student accuracy (mean)", final.get("student_accuracy_mean")),
         ("ε max / budget", f"{_fmt(privacy['epsilon_max'])} / {privacy['budget']}"),
-        ("δ", privacy["delta"]),
+        ("δ", f"{privacy['delta']:g}"),
         ("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}"),
         ("rounds · clients", f"{summary['rounds']} · {summary['clients']}"),
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),

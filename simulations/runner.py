@@ -100,18 +100,62 @@ def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: fl
     raise SimulationError(f"flower-superlink did not become healthy in {timeout}s; see {log_path}")
 
 
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, session id) of every process, read from /proc."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp sid
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def process_tree(root: int) -> set[int]:
+    """``root``, its descendants, and every process in a session one of them leads.
+
+    Flower's SuperExec starts Ray in a session of its own, and Ray's daemons outlive
+    their parent, so a process group alone misses them.
+    """
+    table = _proc_table()
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    sessions = {pid for pid in tree if table.get(pid, (0, 0))[1] == pid}
+    tree |= {pid for pid, (_, sid) in table.items() if sid in sessions}
+    return tree
+
+
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group led by ``proc`` (Ray workers included), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    """Stop ``proc`` and everything it started (by PID): SIGTERM, then SIGKILL."""
+    targets = process_tree(proc.pid) if proc.poll() is None else set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in targets):
+            time.sleep(0.2)
+        if not any(_alive(p) for p in targets):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+def _alive(pid: int) -> bool:
     try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is already dead
 
 
 def run_simulation(

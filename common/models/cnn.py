@@ -1,0 +1,58 @@
+"""1-D CNN text classifier (Kim, 2014): convolutions over word vectors, max over time.
+
+Padding cannot leak in: pad tokens' vectors are zeroed before the convolution, so a
+window reaching into the pads sees exactly the zeros that the convolution's own
+``same`` padding would have supplied, and pad positions are left out of the max over
+time.
+Kernel sizes are odd so that output position t is centred on input token t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.errors import ModelError
+from common.models.blocks import init_weights
+
+
+class CNNTextClassifier(nn.Module):
+    """Token ids (B, T) -> class logits (B, num_classes)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        d_emb: int = 64,
+        n_filters: int = 64,
+        kernel_sizes: tuple[int, ...] = (3, 5, 7),
+        dropout: float = 0.1,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if any(k % 2 == 0 for k in kernel_sizes):
+            raise ModelError(f"kernel_sizes={kernel_sizes} must all be odd (centred windows).")
+        self.pad_id = pad_id
+        self.tok_emb = nn.Embedding(vocab_size, d_emb)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(d_emb, n_filters, k, padding=k // 2) for k in kernel_sizes
+        )
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(n_filters * len(kernel_sizes), num_classes)
+        self.tok_emb.apply(init_weights)
+        self.head.apply(init_weights)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        keep = input_ids != self.pad_id  # (B, T)
+        x = self.tok_emb(input_ids.contiguous()) * keep.unsqueeze(-1).to(self.tok_emb.weight.dtype)
+        x = self.drop(x).transpose(1, 2)  # (B, d_emb, T): Conv1d wants channels first
+        pooled = []
+        for conv in self.convs:
+            h = self.act(conv(x))  # (B, n_filters, T)
+            # ReLU outputs are >= 0, so a 0 at pad positions never beats a real
+            # position's value, and an all-padding row pools to zeros (not -inf)
+            h = h.masked_fill(~keep.unsqueeze(1), 0.0)
+            pooled.append(h.amax(dim=2))  # (B, n_filters)
+        z = torch.cat(pooled, dim=1)  # (B, n_filters * len(kernel_sizes))
+        return self.head(self.drop(z))

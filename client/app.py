@@ -18,6 +18,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.attacks import FAULTS, POISONING, corrupt, is_malicious, poison
+from client.private_data import load_private_dir
 from client.state import ClientState, NoisePlan
 from common.config import FedConfig
 from common.device import resolve_device
@@ -58,6 +60,7 @@ class NodeSettings:
     num_partitions: int
     state_dir: Path
     epsilon: float | None  # a node's own budget overrides the run's
+    data_dir: Path | None = None  # a deployed node's own files replace the simulated partition
 
     @classmethod
     def from_context(cls, context: Context, cfg: FedConfig) -> NodeSettings:
@@ -65,8 +68,10 @@ class NodeSettings:
         pid = int(nc.get("partition-id", 0))
         state_dir = nc.get("state-dir") or str(Path(cfg.out_dir) / "clients" / f"client-{pid}")
         eps = nc.get("epsilon")
+        data_dir = nc.get("data-dir")
         return cls(pid, int(nc.get("num-partitions", cfg.num_clients)), Path(str(state_dir)),
-                   float(eps) if eps is not None else None)
+                   float(eps) if eps is not None else None,
+                   Path(str(data_dir)).expanduser() if data_dir else None)
 
 
 @app.train()
@@ -100,9 +105,14 @@ def train(msg: Message, context: Context) -> Message:
             seed=cfg.seed + plan.round)
 
     # (a, c, d) private training under DP, within the budget
-    part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
-                             node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
-    x_priv, y_priv = task.private_x[part], task.private_y[part]
+    if node.data_dir is not None:  # a deployed node: its own files (client/private_data.py)
+        x_priv, y_priv = load_private_dir(node.data_dir, task, dataset=cfg.dataset,
+                                          seed=cfg.seed, max_len=cfg.max_len)
+        part = range(len(y_priv))
+    else:
+        part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
+                                 node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
+        x_priv, y_priv = task.private_x[part], task.private_y[part]
     budget = node.epsilon if node.epsilon is not None else cfg.epsilon
     declined, reason, sigma, steps = _private_round(
         cfg, plan, state, student, x_priv, y_priv, budget=budget, device=device,
@@ -113,7 +123,14 @@ def train(msg: Message, context: Context) -> Message:
     # (e) reply: soft labels on the public batch (post-processing: no ε), ε so far, count
     content = RecordDict()
     probs = soften(predict_logits(student, public_x, device=device), cfg.temperature).numpy()
-    content[SOFT_LABELS] = to_array_record(encode_knowledge(probs, cfg.encoding, topk=cfg.topk))
+    attack = cfg.attack if is_malicious(node.partition_id, node.num_partitions,
+                                        cfg.attack_fraction) else "none"
+    if attack in POISONING:
+        probs = poison(probs, attack, seed=cfg.seed * 1000 + plan.round)
+    knowledge = encode_knowledge(probs, cfg.encoding, topk=cfg.topk)
+    if attack in FAULTS:
+        knowledge = corrupt(knowledge, attack)
+    content[SOFT_LABELS] = to_array_record(knowledge)
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
         content[TEST_SOFT_LABELS] = to_array_record(encode_knowledge(test_probs, "float16"))

@@ -3,7 +3,9 @@
 ``context.state`` does not survive a new run or a SuperNode restart (FLOWER.md), so the
 student, the noise plan and the privacy ledger live in a per-client directory. The
 ledger is the accountant: ε is always recomputed from its events, so a restart can
-neither reset the budget nor count a round twice.
+neither reset the budget nor count a round twice. Every record is signed with the client's
+Ed25519 key (``ledger_key.pem``, mode 0600, created on first use); ``ledger_key.pub`` is
+what an auditor needs to run ``fedistill audit verify``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.crypto.keys import (
+    LEDGER_KEY_FILE,
+    LEDGER_PUBLIC_KEY_FILE,
+    ledger_signer,
+    load_or_create_private_key,
+)
 from common.privacy.ledger import PrivacyLedger
 
 
@@ -30,12 +38,16 @@ class NoisePlan:
 
 
 class ClientState:
-    """The files of one client: ``student.pt``, ``plans.json``, ``ledger.jsonl``."""
+    """The files of one client: ``student.pt``, ``plans.json``, ``ledger.jsonl`` and the
+    ledger's key pair ``ledger_key.pem`` / ``ledger_key.pub``."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = PrivacyLedger(self.dir / "ledger.jsonl")
+        key = load_or_create_private_key(
+            self.dir / LEDGER_KEY_FILE, self.dir / LEDGER_PUBLIC_KEY_FILE
+        )
+        self.ledger = PrivacyLedger(self.dir / "ledger.jsonl", signer=ledger_signer(key))
 
     # ---------------------------------------------------------------- student
     def load_student(self, model: nn.Module) -> bool:

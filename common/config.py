@@ -27,6 +27,7 @@ DP_OPTIMIZERS = ("sgd", "adamw")
 DP_TRAINABLE = ("all", "head")
 ACCOUNTANTS = ("rdp", "prv")
 SIZES = ("tiny", "small", "base")
+ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "nan", "shape", "raise")
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,15 @@ class FedConfig:
     num_clients: int = 10  # simulated SuperNodes / partitions
     partition: str = "natural"  # iid | dirichlet | shards | natural (by movie)
     alpha: float = 0.5  # Dirichlet concentration (partition = dirichlet)
-    max_len: int = 48  # tokens per text; longer texts are truncated
+    max_len: int = 40  # tokens per text; longer texts are truncated
     vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
     # --- rounds
-    rounds: int = 6
+    rounds: int = 5
     clients_per_round: int = 0  # 0 = every client, every round
     min_replies: int = 2  # a round with fewer valid replies fails
     round_timeout: float = 900.0  # seconds the coordinator waits for replies
-    public_batch_size: int = 1000  # m: public examples whose knowledge is exchanged
-    evaluate_every: int = 1  # students are evaluated every N rounds (and the last)
+    public_batch_size: int = 2000  # m: public examples whose knowledge is exchanged
+    evaluate_every: int = 2  # students are evaluated every N rounds (and the last)
     # --- teacher (coordinator)
     teacher_family: str = "transformer"
     teacher_size: str = "small"
@@ -55,6 +56,7 @@ class FedConfig:
     teacher_lr: float = 1e-3
     teacher_distill_epochs: int = 2  # per round, on the aggregated soft labels
     teacher_distill_lr: float = 5e-4
+    teacher_anchor_epochs: int = 1  # per round, on the labeled teacher set (no drift)
     teacher_checkpoint: str = ""  # a saved teacher to load instead of pre-training
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
@@ -66,7 +68,7 @@ class FedConfig:
     # --- students (clients)
     students: str = "transformer,lstm,cnn"  # assigned to clients in turn
     student_size: str = "tiny"
-    student_distill_epochs: int = 3  # per round, on the public batch (no ε)
+    student_distill_epochs: int = 2  # per round, on the public batch (no ε)
     student_distill_lr: float = 2e-3
     # --- private training (DP-SGD with Opacus)
     private_training: bool = True  # false = the public-only ablation
@@ -83,6 +85,9 @@ class FedConfig:
     dp_trainable: str = "all"  # all | head
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
+    # --- robustness experiments (simulation only)
+    attack: str = "none"  # none | flip | noise | wrong-onehot | collude | nan | shape | raise
+    attack_fraction: float = 0.0  # share of clients (the first ids) that attack
     # --- system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/latest"
@@ -95,6 +100,9 @@ class FedConfig:
         _check_choice("dp-optimizer", self.dp_optimizer, DP_OPTIMIZERS)
         _check_choice("dp-trainable", self.dp_trainable, DP_TRAINABLE)
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
+        _check_choice("attack", self.attack, ATTACKS)
+        if not 0 <= self.attack_fraction <= 1:
+            raise ConfigError(f"attack-fraction={self.attack_fraction} must lie in [0, 1].")
         _check_choice("teacher-size", self.teacher_size, SIZES)
         _check_choice("student-size", self.student_size, SIZES)
         for family in self.student_families:
@@ -119,7 +127,8 @@ class FedConfig:
         if not 1 <= self.min_replies <= self.num_clients:
             raise ConfigError(f"min-replies={self.min_replies} must lie in "
                               f"[1, num-clients={self.num_clients}].")
-        for key in ("teacher_epochs", "teacher_distill_epochs", "student_distill_epochs"):
+        for key in ("teacher_epochs", "teacher_distill_epochs", "student_distill_epochs",
+                    "teacher_anchor_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{_kebab(key)}={getattr(self, key)} must be >= 0.")
 

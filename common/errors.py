@@ -36,4 +36,16 @@ class BudgetExceededError(FedistillError):
 
 
 class LedgerError(FedistillError):
-    """A privacy ledger is missing, malformed, torn or tampered with."""
+    """A privacy ledger is missing, malformed, torn or tampered with.
+
+    ``line`` is the 1-based line of the first bad record when it is known (record index
+    = line - 1), so an auditor's report can point at it without parsing the message.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class CryptoError(FedistillError):
+    """A key file is missing, malformed, of the wrong type, or readable by others."""

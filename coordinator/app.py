@@ -36,7 +36,7 @@ from coordinator.checkpoint import (
     save_checkpoint,
 )
 from coordinator.replies import Rejection, ValidReply, validate_reply
-from coordinator.report import append_metrics, write_summary
+from coordinator.report import append_metrics, rewrite_metrics, write_summary
 
 app = ServerApp()
 
@@ -65,6 +65,7 @@ def main(grid: Grid, context: Context) -> None:
         teacher.load_state_dict(ckpt.teacher_state)
         restore_rng(ckpt.rng_state, rng, np_rng)
         run_id, start, history = ckpt.run_id, ckpt.round + 1, list(ckpt.history)
+        rewrite_metrics(out, history)  # drop a line written after the last checkpoint
         log(INFO, "Resuming run %s after round %s from %s", run_id, ckpt.round, ckpt_path)
     else:
         initial = _initial_teacher(cfg, task, teacher, device)
@@ -169,6 +170,10 @@ def _run_round(
     distill(teacher, public_x, torch.as_tensor(aggregate, dtype=torch.float32),
             temperature=cfg.temperature, epochs=cfg.teacher_distill_epochs,
             lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
+    # Anchor on the labeled teacher set so the teacher does not drift towards the
+    # students' mistakes (its labels are the coordinator's own, not private).
+    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
+                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
     record = _evaluate(cfg, task, teacher, valid, evaluate, device)
     record.update({
         "round": rnd,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from common.distill.codec import decode_knowledge, payload_nbytes
 from common.errors import KnowledgeError
@@ -53,8 +53,16 @@ def validate_reply(
     if not reply.has_content():
         why = reply.error.reason if reply.has_error() else "no content"
         return Rejection(node_id, f"client error: {why}")
+    return validate_content(reply.content, node_id, encoding=encoding, num_rows=num_rows,
+                            num_classes=num_classes, num_test=num_test)
+
+
+def validate_content(
+    content: RecordDict, node_id: int, *, encoding: str, num_rows: int, num_classes: int,
+    num_test: int | None,
+) -> ValidReply | Rejection:
+    """The checks of :func:`validate_reply` on a reply's records (testable without Flower)."""
     try:
-        content = reply.content
         arrays = from_array_record(content, SOFT_LABELS)
         probs = decode_knowledge(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
         nbytes = payload_nbytes(arrays)

@@ -18,6 +18,20 @@ def append_metrics(out: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def rewrite_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """On resume, make ``metrics.jsonl`` hold exactly the checkpointed rounds.
+
+    A crash between appending a round's line and saving its checkpoint would otherwise
+    leave that round in the file twice once it is run again after the restart.
+    """
+    tmp = out / "metrics.jsonl.tmp"
+    with tmp.open("w") as fh:
+        fh.writelines(json.dumps(r, sort_keys=True) + "\n" for r in history)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out / "metrics.jsonl")
+
+
 def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The run's summary in the form every baseline also writes (README, summary.json)."""
     rounds = [r for r in history if r["round"] > 0]

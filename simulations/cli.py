@@ -14,7 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.config import FedConfig, load_toml, parse_assignments
 from common.errors import ConfigError, FedistillError
+from simulations.audit_cli import audit_app
 from simulations.data_cli import data_app
+from simulations.deploy_cli import register_deploy_commands
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +24,8 @@ app = typer.Typer(
     help="Privacy-preserving federated distillation on Flower and Opacus.",
 )
 app.add_typer(data_app, name="data", help="Inspect the registered datasets.")
+app.add_typer(audit_app, name="audit", help="Audit privacy: verify ledgers, report ε, MIA.")
+register_deploy_commands(app)  # certs, coordinator, node, node-data (simulations/deploy_cli.py)
 console = Console()
 
 

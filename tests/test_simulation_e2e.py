@@ -73,3 +73,31 @@ def test_metrics_and_artifacts_written(quick_run: Path) -> None:
         assert (quick_run / name).stat().st_size > 0, name
     for k in range(3):
         assert (quick_run / "clients" / f"client-{k}" / "student.pt").exists()
+
+
+def test_a_client_that_raises_is_rejected_and_the_round_goes_on(tmp_path: Path) -> None:
+    """One of three clients raises; the round completes with the other two (min 2)."""
+    out = tmp_path / "faulty"
+    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "quick",
+           "--out", str(out), "--set", "rounds=1", "--set", "attack='raise'",
+           "--set", "attack-fraction=0.34", "--set", "min-replies=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["round"] == 1 and record["replies"] == 2
+    assert len(record["rejected"]) == 1
+    rejected = record["rejected"][0]
+    assert rejected["node_id"] > 0 and "injected client failure" in rejected["reason"]
+    assert "Rejected the reply of node" in (out / "flower.log").read_text()
+
+
+def test_too_few_valid_replies_fail_the_run_with_a_clear_message(tmp_path: Path) -> None:
+    out = tmp_path / "allfaulty"
+    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "quick",
+           "--out", str(out), "--set", "rounds=1", "--set", "attack='nan'",
+           "--set", "attack-fraction=1.0", "--set", "min-replies=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    message = " ".join(proc.stdout.split())
+    assert "fewer than min-replies=2" in message
+    assert not (out / "summary.json").exists()

@@ -16,9 +16,13 @@ File format (one canonical JSON object per line: sorted keys, no spaces, UTF-8):
 - ``hash`` = sha256 of the canonical JSON of the record without ``hash`` and
   ``signature``; ``prev_hash`` is the previous record's ``hash`` (64 zeros for the first),
   so editing, inserting, reordering or deleting a record in the middle breaks the chain.
-- ``signature`` signs ``hash`` (that is why it is outside it). It is ``null`` until
-  signing is wired in: pass ``signer`` to :class:`PrivacyLedger` and ``verifier`` to
-  :meth:`PrivacyLedger.verify` (a later issue plugs Ed25519 keys into both).
+- ``signature`` signs ``hash`` (that is why it is outside it): with a ``signer`` (for
+  example :func:`common.crypto.ledger_signer`, Ed25519) it is 128 hex characters, else
+  ``null``. :meth:`PrivacyLedger.verify` with a ``verifier`` (for example
+  :func:`common.crypto.ledger_verifier` of the client's public key) checks every one.
+- Every line must be byte-for-byte the canonical JSON of what it decodes to. Without this
+  rule some edits would change the bytes but not the decoded record (``1e-05`` ->
+  ``1E-05``, ``\\u00e9`` escapes), so neither the hash nor the signature would notice.
 - A chain alone cannot reveal that the *last* records were cut off; that needs the head
   hash kept elsewhere (for example by the coordinator or the auditor).
 
@@ -254,7 +258,7 @@ class PrivacyLedger:
             accountant=records[-1].accountant if accountant is None else accountant,
         )
 
-    def verify(self, verifier: Callable[[str, str], bool] | None = None) -> None:
+    def verify(self, verifier: Callable[[str, str], bool] | None = None) -> int:
         """Check the file, the hash chain and, with ``verifier``, every signature.
 
         Parameters
@@ -263,18 +267,36 @@ class PrivacyLedger:
             ``verifier(hash_hex, signature)`` is True when the signature is valid
             (default: None, signatures are not checked).
 
+        Returns
+        -------
+        int
+            The number of records checked.
+
         Raises
         ------
         LedgerError
-            Naming the first bad record index (or line number for unparsable lines).
+            Naming the first bad record index (or line number for unparsable lines), with
+            that line in :attr:`LedgerError.line`.
         """
-        for record in self.records():
-            if verifier is None:
-                continue
-            if record.signature is None or not verifier(record.hash, record.signature):
+        records = self.records()
+        if verifier is None:
+            return len(records)
+        for record in records:
+            if record.signature is None:
                 raise LedgerError(
-                    f"{self.path}: record {record.index} has a missing or invalid signature"
+                    f"{self.path}: record {record.index} has a missing or invalid signature "
+                    f"(line {record.index + 1}): it is not signed, but every record must "
+                    "carry the client's signature",
+                    line=record.index + 1,
                 )
+            if not verifier(record.hash, record.signature):
+                raise LedgerError(
+                    f"{self.path}: record {record.index} has a missing or invalid signature "
+                    f"(line {record.index + 1}): it was altered, or signed by another key "
+                    "than the one given",
+                    line=record.index + 1,
+                )
+        return len(records)
 
     # ------------------------------------------------------------------ writing
     def append(
@@ -377,39 +399,61 @@ class PrivacyLedger:
             raise LedgerError(
                 f"{self.path}: the last record (line {len(lines)}) is torn: it has no "
                 "trailing newline, so a write was interrupted. The ledger is left as it is "
-                "for inspection; restore it from a backup or have it audited."
+                "for inspection; restore it from a backup or have it audited.",
+                line=len(lines),
             )
         lines.pop()
         records: list[LedgerRecord] = []
         seen_rounds: set[tuple[str, int]] = set()
         prev_hash = GENESIS_HASH
         for number, line in enumerate(lines, start=1):
-            raw = self._decode_line(line, number, last=number == len(lines))
-            where = f"{self.path}: record {number - 1} (line {number})"
-            record = LedgerRecord.from_dict(raw, where=where)
-            if record.index != number - 1:
-                raise LedgerError(f"{where}: index is {record.index}, expected {number - 1}")
-            if record.prev_hash != prev_hash:
-                raise LedgerError(
-                    f"{where}: prev_hash {record.prev_hash[:12]}... does not match the "
-                    f"previous record's hash {prev_hash[:12]}... (records removed, "
-                    "inserted or reordered)"
-                )
-            computed = record_hash(raw)
-            if record.hash != computed:
-                raise LedgerError(
-                    f"{where}: hash mismatch (stored {record.hash[:12]}..., computed "
-                    f"{computed[:12]}...): the record was modified after it was written"
-                )
-            key = (record.run_id, record.round)
-            if key in seen_rounds:
-                raise LedgerError(
-                    f"{where}: round {record.round} of run {record.run_id!r} is recorded twice"
-                )
-            seen_rounds.add(key)
+            try:
+                record = self._check_line(line, number, len(lines), prev_hash, seen_rounds)
+            except LedgerError as exc:
+                if exc.line is not None:
+                    raise
+                raise LedgerError(str(exc), line=number) from exc
+            seen_rounds.add((record.run_id, record.round))
             records.append(record)
             prev_hash = record.hash
         return records
+
+    def _check_line(
+        self,
+        line: bytes,
+        number: int,
+        total: int,
+        prev_hash: str,
+        seen_rounds: set[tuple[str, int]],
+    ) -> LedgerRecord:
+        """Parse line ``number`` and check it against the chain so far."""
+        raw = self._decode_line(line, number, last=number == total)
+        where = f"{self.path}: record {number - 1} (line {number})"
+        record = LedgerRecord.from_dict(raw, where=where)
+        if line != _canonical_json(raw).encode("ascii"):
+            raise LedgerError(
+                f"{where}: the line is not in canonical JSON form (sorted keys, no spaces, "
+                "ASCII, shortest numbers): it was edited after it was written"
+            )
+        if record.index != number - 1:
+            raise LedgerError(f"{where}: index is {record.index}, expected {number - 1}")
+        if record.prev_hash != prev_hash:
+            raise LedgerError(
+                f"{where}: prev_hash {record.prev_hash[:12]}... does not match the "
+                f"previous record's hash {prev_hash[:12]}... (records removed, "
+                "inserted or reordered)"
+            )
+        computed = record_hash(raw)
+        if record.hash != computed:
+            raise LedgerError(
+                f"{where}: hash mismatch (stored {record.hash[:12]}..., computed "
+                f"{computed[:12]}...): the record was modified after it was written"
+            )
+        if (record.run_id, record.round) in seen_rounds:
+            raise LedgerError(
+                f"{where}: round {record.round} of run {record.run_id!r} is recorded twice"
+            )
+        return record
 
     def _decode_line(self, line: bytes, number: int, *, last: bool) -> object:
         try:

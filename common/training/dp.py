@@ -79,10 +79,12 @@ def dp_train(
         batch_size=min(expected_batch_size, len(x)),
         generator=torch.Generator().manual_seed(seed),
     )
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
+        # Opacus warns that secure RNG is off (it is, as in every Opacus example: torch's
+        # CSPRNG is not shipped) and torch that hooks fire on inputs without gradients.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-        warnings.filterwarnings("ignore", message=".*full_backward_hook.*")
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+        engine = PrivacyEngine(accountant="rdp")
         private = engine.make_private(
             module=work,
             optimizer=opt,
@@ -98,7 +100,10 @@ def dp_train(
     else:
         gm, dp_opt, dp_loader = private
         criterion = nn.CrossEntropyLoss()
-    losses = _run_steps(gm, dp_opt, criterion, dp_loader, steps, max_physical_batch_size, device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+        losses = _run_steps(gm, dp_opt, criterion, dp_loader, steps, max_physical_batch_size,
+                            device)
     seen = sum(s for _, _, s in engine.accountant.history)
     if seen != steps:
         log.warning("dp_train: Opacus counted %s steps, %s planned", seen, steps)

@@ -1,0 +1,120 @@
+"""Federated distillation vs every baseline on one preset, side by side: docs/RESULTS.md.
+
+    python benchmarks/results.py --preset default [--seeds 0] [--set key=value ...]
+
+Runs the preset through Flower's Simulation Engine (``fedistill simulate``) and then each
+baseline of ``simulations/baselines.py`` on the same split, students and ε, collects
+their ``summary.json`` files into ``benchmarks/results/<preset>.json`` and regenerates
+``docs/RESULTS.md`` from every results file present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simulations.baselines import BASELINES, run_baseline  # noqa: E402
+from simulations.cli import resolve_config  # noqa: E402
+from simulations.report import finalize_summary  # noqa: E402
+from simulations.runner import run_simulation  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+
+
+def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path) -> list[dict[str, Any]]:
+    """Federated distillation and every baseline for one preset and seed."""
+    rows = []
+    for method in ("federated-distillation", *BASELINES):
+        out = runs_dir / f"{preset}-s{seed}-{method}"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = resolve_config(preset, None, [*sets, f"seed={seed}"], out)
+        print(f"== {preset} seed {seed}: {method}", flush=True)
+        if method == "federated-distillation":
+            summary = finalize_summary(out.resolve(), run_simulation(cfg))
+        else:
+            summary = run_baseline(method, cfg)
+        summary["method"] = method
+        rows.append(summary)
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    import flwr
+    import opacus
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "opacus": opacus.__version__, "flwr": flwr.__version__,
+            "cpus": torch.get_num_threads(), "device": "cpu"}
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """docs/RESULTS.md from every ``benchmarks/results/*.json``."""
+    lines = ["# Results", "",
+             "Produced by `python benchmarks/results.py --preset NAME` (one Flower "
+             "simulation plus every baseline on the same split, students and ε). "
+             "Numbers are test accuracy on the held-out set; ε is per client "
+             "(δ in the table), recomputed from the ledgers for federated distillation.", ""]
+    for preset, data in sorted(results.items()):
+        env = data["environment"]
+        lines += [f"## `{preset}` preset", "",
+                  f"Command: `{data['command']}`  ",
+                  f"Environment: torch {env['torch']}, opacus {env['opacus']}, flwr "
+                  f"{env['flwr']}, {env['device']}.", "",
+                  "| method | seed | teacher (initial → final) | ensemble | students (mean) "
+                  "| ε max (budget) | δ | bytes up | bytes down | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in data["rows"]:
+            f, p, c = row["final"], row["privacy"], row["communication"]
+            teacher = ("—" if f.get("teacher_accuracy") is None else
+                       f"{_fmt(f['teacher_accuracy_initial'])} → {_fmt(f['teacher_accuracy'])}")
+            eps = "∞ (no DP)" if p.get("epsilon_max") is None else _fmt(p["epsilon_max"], 2)
+            lines.append(
+                f"| {row['method']} | {row['seed']} | {teacher} | "
+                f"{_fmt(f.get('ensemble_accuracy'))} | {_fmt(f.get('student_accuracy_mean'))} | "
+                f"{eps} ({p['budget']}) | {p['delta']:g} | {c['bytes_up']:,} | "
+                f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir))
+    command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.preset}.json").write_text(json.dumps(
+        {"command": command, "environment": environment(), "rows": rows}, indent=1))
+    all_results = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
+    DOC.write_text(render(all_results))
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A deployed node's private data: its own files, not a slice of a simulated pool.
+
+In simulation every client takes its partition of the dataset's private role. A real
+node instead points ``data-dir`` (SuperNode ``--node-config``) at a local directory with
+a ``train.csv`` / ``.tsv`` / ``.jsonl`` (columns ``text``, ``label``). The texts are
+encoded with the federation's tokenizer (rebuilt from ``task.tokenizer_json``, the
+one whose fingerprint the coordinator checks), and labels are mapped to the dataset's
+agreed class names, so that label ids mean the same on every node even when one node's
+file holds only one class.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from common.data import encode_batch, load_dataset, load_text_classification_dir
+from common.errors import DataError
+from common.task import PreparedTask
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(tokenizer_json: str) -> Tokenizer:
+    return Tokenizer.from_str(tokenizer_json)
+
+
+@functools.lru_cache(maxsize=2)
+def _class_names(dataset: str, seed: int) -> tuple[str, ...]:
+    return tuple(load_dataset(dataset, seed=seed).class_names)
+
+
+def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed: int,
+                     max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids (N, max_len), labels (N,)) of the node's own labelled files."""
+    names = _class_names(dataset, seed)
+    split = load_text_classification_dir(directory, class_names=names or None)
+    if len(split) == 0 or split.texts is None or split.labels is None:
+        raise DataError(f"data-dir {directory} holds no labelled examples; put a train.csv "
+                        "with columns text,label and at least one row there.")
+    y = torch.as_tensor(split.labels, dtype=torch.long)
+    if int(y.max()) >= task.num_classes or int(y.min()) < 0:
+        raise DataError(f"data-dir {directory}: label ids {sorted(set(y.tolist()))} do not fit "
+                        f"the {task.num_classes} classes of dataset={dataset!r} {names}.")
+    x = encode_batch(_tokenizer(task.tokenizer_json), list(split.texts), max_len)
+    return x, y

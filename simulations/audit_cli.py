@@ -1,0 +1,190 @@
+"""``fedistill audit``: verify ledgers, recompute and report ε, audit students empirically.
+
+Exit codes: 0 when everything checks out; 1 when the audit found a problem (a ledger that
+fails verification, a claim its events do not support, a client over budget, an ε lower
+bound above the claimed ε); 2 for bad usage or unreadable inputs (as the rest of the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import FedistillError
+
+if TYPE_CHECKING:  # the heavy modules load only when a command runs
+    from common.privacy.auditing import AttackMetrics
+    from simulations.mia import CanaryAuditResult, StudentAuditResult
+
+audit_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Audit privacy: verify ledgers, recompute ε, and bound ε empirically.",
+)
+console = Console()
+
+LedgerArgs = Annotated[
+    list[Path],
+    typer.Argument(help="Ledger files, client directories or run directories.",
+                   show_default=False),
+]
+PublicKeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--public-key", help="Client public key(s): one for all ledgers or one per "
+                 "ledger, in order (default: ledger_key.pub beside each ledger)."),
+]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@audit_app.command("verify")
+def verify_command(ledgers: LedgerArgs, public_key: PublicKeyOpt = None) -> None:
+    """Check each ledger's bytes, hash chain and every Ed25519 signature.
+
+    Reports the first bad record of each ledger with its position; exits 1 if any fails.
+    """
+    from simulations.ledger_audit import _keys_for, resolve_ledgers, verify_ledger, verify_table
+
+    try:
+        paths = resolve_ledgers(ledgers)
+        keys = _keys_for(paths, public_key)
+    except FedistillError as exc:
+        raise _fail(exc) from None
+    results = [verify_ledger(p, k) for p, k in zip(paths, keys, strict=True)]
+    console.print(verify_table(results))
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        where = "" if r.bad_record is None else f" at record {r.bad_record} (line {r.bad_line})"
+        console.print(f"[red]FAILED[/red] {r.ledger}{where}: {r.message}")
+    if bad:
+        raise typer.Exit(code=1)
+    console.print(f"[green]{len(results)} ledger(s) verified.[/green]")
+
+
+@audit_app.command("report")
+def report_command(
+    ledgers: LedgerArgs,
+    out: Annotated[Path, typer.Option(help="Directory for the JSON, CSV and PNG outputs.")],
+    budget: Annotated[float | None, typer.Option(help="Each client's ε budget.")] = None,
+    public_key: PublicKeyOpt = None,
+) -> None:
+    """Recompute every client's ε from its ledger's events and compare with its claims."""
+    from simulations.ledger_audit import audit_ledgers, report_table, resolve_ledgers, write_report
+
+    try:
+        report = audit_ledgers(resolve_ledgers(ledgers), budget=budget, public_keys=public_key)
+    except FedistillError as exc:
+        raise _fail(exc) from None
+    paths = write_report(report, out)
+    console.print(report_table(report))
+    for finding in report.findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        console.print(f"[{colour}]{finding.severity}[/{colour}] {finding.ledger}: "
+                      f"{finding.message}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("mia")
+def mia_command(
+    run: Annotated[Path | None, typer.Option(help="A `fedistill simulate` run directory "
+                                             "whose student to attack.")] = None,
+    client: Annotated[str | None, typer.Option(help="With --run: the client, e.g. "
+                                               "client-0.")] = None,
+    dataset: Annotated[str, typer.Option(help="Canary experiment: dataset.")] = "rotten-tomatoes",
+    epsilon: Annotated[float, typer.Option(help="Canary experiment: ε to train at "
+                                           "(inf = no DP).")] = math.inf,
+    delta: Annotated[float, typer.Option(help="δ of the claim and the bound.")] = 1e-5,
+    canaries: Annotated[int, typer.Option(help="m canaries, each in with prob. 1/2.")] = 200,
+    train_size: Annotated[int, typer.Option(help="Ordinary training examples.")] = 500,
+    guesses: Annotated[int, typer.Option(help="Guesses per side (0 = canaries/4).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
+    confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of coins, data and training.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write mia.json here.")] = None,
+) -> None:
+    """Membership-inference audit: a student in a run, or a one-run canary experiment.
+
+    With --run and --client: the loss-threshold attack on that client's student. Without:
+    train a tiny CNN once with canaries and bound ε from below (Steinke et al. 2023).
+    Exits 1 when the lower bound exceeds the claimed ε.
+    """
+    import torch
+
+    from simulations.mia import CanaryAuditConfig, audit_run_student, run_canary_audit
+
+    torch.set_num_threads(1)
+    try:
+        if run is not None or client is not None:
+            if run is None or client is None:
+                raise typer.BadParameter("--run and --client go together.")
+            result = audit_run_student(run, client, seed=seed)
+            payload = result.to_dict()
+            console.print(_student_table(result))
+            console.print(f"[dim]{result.note}[/dim]")
+            consistent = True
+        else:
+            cfg = CanaryAuditConfig(dataset=dataset, epsilon=epsilon, delta=delta,
+                                    canaries=canaries, train_size=train_size, guesses=guesses,
+                                    epochs=epochs, confidence=confidence, seed=seed)
+            with console.status("training a student with canaries ..."):
+                canary = run_canary_audit(cfg)
+            payload = canary.to_dict()
+            console.print(_canary_table(canary))
+            consistent = canary.consistent
+    except FedistillError as exc:
+        raise _fail(exc) from None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mia.json").write_text(json.dumps(payload, indent=2, allow_nan=False))
+        console.print(f"wrote {out / 'mia.json'}")
+    if not consistent:
+        console.print("[red]The ε lower bound exceeds the claimed ε: the claim is false, "
+                      "or the training does not do what the accountant assumes.[/red]")
+        raise typer.Exit(code=1)
+
+
+def _attack_rows(table: Table, attack: AttackMetrics) -> None:
+    table.add_row("members / non-members", f"{attack.members} / {attack.nonmembers}")
+    table.add_row("loss-threshold AUC (0.5 = chance)", f"{attack.auc:.3f}")
+    table.add_row("TPR at 1% FPR", f"{attack.tpr_at_1pct_fpr:.3f}")
+    table.add_row("attacker advantage (0 = chance)", f"{attack.advantage:.3f}")
+
+
+def _student_table(result: StudentAuditResult) -> Table:
+    table = Table(title=f"MIA: {result.client}'s {result.family} student in {result.run}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _attack_rows(table, result.attack)
+    eps = "-" if result.epsilon_claimed is None else f"{result.epsilon_claimed:.4g}"
+    table.add_row(f"claimed ε (ledger, δ={result.delta})", eps)
+    return table
+
+
+def _canary_table(result: CanaryAuditResult) -> Table:
+    one = result.one_run
+    table = Table(title=f"One-run canary audit ({result.config['dataset']}, "
+                        f"{result.config['family']} {result.config['size']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _attack_rows(table, result.attack)
+    table.add_row("canaries in / total", f"{result.included} / {one.canaries}")
+    table.add_row("correct guesses / guesses", f"{one.correct} / {one.guesses}")
+    table.add_row(f"ε lower bound ({one.confidence:.0%} conf., δ={one.delta:g})",
+                  f"{one.epsilon_lower_bound:.3f}")
+    sigma = "-" if result.noise_multiplier is None else f"{result.noise_multiplier:.3g}"
+    table.add_row("σ / steps", f"{sigma} / {result.steps}")
+    table.add_row("claimed ε (accountant)", f"{result.epsilon_claimed:.4g}")
+    verdict = "[green]yes[/green]" if result.consistent else "[red]NO[/red]"
+    table.add_row("lower bound ≤ claimed ε", verdict)
+    return table

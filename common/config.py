@@ -80,9 +80,9 @@ class FedConfig:
     noise_multiplier: float = 0.0  # 0 = calibrated up front for all planned rounds
     dp_batch_size: int = 128  # expected (Poisson) logical batch size
     dp_epochs: float = 1.0  # passes over the private data per round
-    dp_lr: float = 0.05
+    dp_lr: float = 0.1
     dp_optimizer: str = "sgd"  # sgd (with momentum) | adamw
-    dp_trainable: str = "all"  # all | head
+    dp_trainable: str = "head"  # all | head: fewer dimensions, less noise (docs/RESULTS.md)
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
     # --- robustness experiments (simulation only)

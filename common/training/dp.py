@@ -143,12 +143,13 @@ def _set_trainable(model: nn.Module, trainable: str) -> None:
         return
     if trainable != "head":
         raise ConfigError(f"dp-trainable={trainable!r} is not one of all, head.")
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("dp-trainable='head' needs a model whose last layer is nn.Linear.")
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise ConfigError(f"dp-trainable='head' needs a model with a `head` layer; "
+                          f"{type(model).__name__} has none. Use dp-trainable='all'.")
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in linears[-1].parameters():
+    for p in head.parameters():
         p.requires_grad_(True)
 
 

@@ -30,3 +30,16 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Benchmarks (docs/BENCHMARKS.md): `make bench` reruns the CPU benchmarks (a few minutes)
+# and regenerates the page and its plots; `make bench-doc` only regenerates them from
+# benchmarks/results/*.json. The GPU benchmark runs elsewhere: benchmarks/run_gpu.sh.
+.PHONY: bench bench-doc
+
+bench: $(STAMP)
+	$(PY) benchmarks/dp_cost.py
+	$(PY) benchmarks/communication.py
+	$(PY) benchmarks/render.py
+
+bench-doc: $(STAMP)
+	$(PY) benchmarks/render.py

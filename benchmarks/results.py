@@ -32,10 +32,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "RESULTS.md"
 
 
-def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path) -> list[dict[str, Any]]:
-    """Federated distillation and every baseline for one preset and seed."""
+METHODS = ("federated-distillation", *BASELINES)
+
+
+def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
+               methods: tuple[str, ...] = METHODS) -> list[dict[str, Any]]:
+    """Federated distillation and the baselines for one preset and seed."""
     rows = []
-    for method in ("federated-distillation", *BASELINES):
+    for method in methods:
         out = runs_dir / f"{preset}-s{seed}-{method}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = resolve_config(preset, None, [*sets, f"seed={seed}"], out)
@@ -102,16 +106,26 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset; rows of other methods are kept")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    methods = tuple(m.strip() for m in args.methods.split(","))
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir))
-    command = " ".join(["python benchmarks/results.py", *sys.argv[1:]])
+        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods)
+    path = RESULTS / f"{args.preset}.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    fresh = {(r["method"], r["seed"]) for r in rows}
+    rows = [r for r in old if (r["method"], r["seed"]) not in fresh] + rows
+    rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
+    command = f"python benchmarks/results.py --preset {args.preset} --seeds {args.seeds}"
+    command += "".join(f" --set {s}" for s in args.sets)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.preset}.json").write_text(json.dumps(
+    path.write_text(json.dumps(
         {"command": command, "environment": environment(), "rows": rows}, indent=1))
-    all_results = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
+    all_results = {p.stem: data for p in RESULTS.glob("*.json")
+                   if "rows" in (data := json.loads(p.read_text()))}
     DOC.write_text(render(all_results))
     print(f"wrote {DOC}")
 

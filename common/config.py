@@ -57,6 +57,7 @@ class FedConfig:
     teacher_distill_epochs: int = 2  # per round, on the aggregated soft labels
     teacher_distill_lr: float = 5e-4
     teacher_anchor_epochs: int = 1  # per round, on the labeled teacher set (no drift)
+    teacher_targets: str = "hard"  # hard = arg-max of the aggregate (pseudo-labels) | soft = KD
     teacher_checkpoint: str = ""  # a saved teacher to load instead of pre-training
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
@@ -101,6 +102,7 @@ class FedConfig:
         _check_choice("dp-trainable", self.dp_trainable, DP_TRAINABLE)
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("attack", self.attack, ATTACKS)
+        _check_choice("teacher-targets", self.teacher_targets, ("hard", "soft"))
         if not 0 <= self.attack_fraction <= 1:
             raise ConfigError(f"attack-fraction={self.attack_fraction} must lie in [0, 1].")
         _check_choice("teacher-size", self.teacher_size, SIZES)

@@ -166,10 +166,17 @@ def _run_round(
         )
 
     # --- aggregate, distil the teacher on (S_t, aggregate), evaluate
-    aggregate = _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid])
-    distill(teacher, public_x, torch.as_tensor(aggregate, dtype=torch.float32),
-            temperature=cfg.temperature, epochs=cfg.teacher_distill_epochs,
-            lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
+    aggregate = torch.as_tensor(
+        _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid]),
+        dtype=torch.float32)
+    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
+        train_supervised(teacher, public_x, aggregate.argmax(dim=1),
+                         epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
+                         device=device, seed=cfg.seed + rnd)
+    else:
+        distill(teacher, public_x, aggregate, temperature=cfg.temperature,
+                epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
+                seed=cfg.seed + rnd)
     # Anchor on the labeled teacher set so the teacher does not drift towards the
     # students' mistakes (its labels are the coordinator's own, not private).
     train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,

@@ -94,11 +94,12 @@ def _sigma(cfg: FedConfig, q: float, steps: int) -> float:
 def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    *, dp: bool, steps: int, sigma: float, device: torch.device,
                    seed: int) -> None:
-    """DP-SGD exactly as the clients run it, or the same data without DP."""
+    """DP-SGD as the clients run it (all layers: these students start from scratch, where
+    a head-only step would train a classifier on random features), or no DP."""
     if dp:
         dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                  expected_batch_size=cfg.dp_batch_size, steps=steps, lr=cfg.dp_lr,
-                 optimizer=cfg.dp_optimizer, trainable=cfg.dp_trainable,
+                 optimizer=cfg.dp_optimizer, trainable="all",
                  grad_sample_mode=cfg.grad_sample_mode,
                  max_physical_batch_size=cfg.max_physical_batch_size, device=device, seed=seed)
     else:

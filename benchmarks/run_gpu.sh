@@ -57,3 +57,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 # shellcheck disable=SC2086
 timeout 470 "$PY" benchmarks/gpu.py --device "${DEVICE:-cuda}" \
     --out "$OUT/dp_cost_gpu.json" ${GPU_ARGS:-} 2>&1 | tee "$OUT/gpu.log"
+# The apps' training path (teacher, distillation, DP-SGD hooks/ghost, prediction) on CUDA.
+timeout 150 "$PY" benchmarks/gpu_pipeline.py --device "${DEVICE:-cuda}" \
+    --out "$OUT/gpu_pipeline.json" 2>&1 | tee -a "$OUT/gpu.log"

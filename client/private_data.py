@@ -40,7 +40,7 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     if len(split) == 0 or split.texts is None or split.labels is None:
         raise DataError(f"data-dir {directory} holds no labelled examples; put a train.csv "
                         "with columns text,label and at least one row there.")
-    y = torch.as_tensor(split.labels, dtype=torch.long)
+    y = torch.tensor(split.labels.tolist(), dtype=torch.long)  # a writable copy
     if int(y.max()) >= task.num_classes or int(y.min()) < 0:
         raise DataError(f"data-dir {directory}: label ids {sorted(set(y.tolist()))} do not fit "
                         f"the {task.num_classes} classes of dataset={dataset!r} {names}.")

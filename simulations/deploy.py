@@ -22,10 +22,13 @@ next round. A node keeps its student and ledger in ``state-dir``.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -333,10 +336,20 @@ def _follow_run(cmd: list[str], env: dict[str, str], out: Path, verbose: bool,
         finally:
             stop_process_group(proc)
     if proc.returncode != 0 or not (out / "summary.json").exists():
-        cause = last_error(log_path)
+        cause = _flower_cause(log_path)
         raise DeploymentError(f"the run ended (flwr run exit {proc.returncode}) without "
                               f"{out / 'summary.json'}" + (f": {cause}" if cause else "")
                               + f". Flower's log: {log_path}")
+
+
+def _flower_cause(log_path: Path) -> str | None:
+    """The app's last exception, else the CLI's last ``[code: N] ...`` error line."""
+    cause = last_error(log_path)
+    if cause or not log_path.exists():
+        return cause
+    coded = [ln.strip(" │|\t") for ln in log_path.read_text(errors="replace").splitlines()
+             if "[code: " in ln]
+    return coded[-1].strip() if coded else None
 
 
 def _lines(path: Path) -> list[str]:
@@ -373,23 +386,23 @@ def supervise_supernode(cmd: list[str], env: dict[str, str], *, activation_wait:
     output goes to our stdout unchanged.
     """
     deadline = time.monotonic() + activation_wait
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # Flower's lines as they come, not per 8 KiB
     attempt = 0
     while True:
         attempt += 1
+        refused = threading.Event()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, text=True, errors="replace")
-        refused = False
+        reader = threading.Thread(target=_copy_output, args=(proc, refused), daemon=True)
+        reader.start()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-                refused = refused or ACTIVATION_REFUSED in line
             code = proc.wait()
         finally:
-            stop_process_group(proc)  # its SuperExec and any ClientApp still running
-        if not refused:
+            stop_process_group(proc)
+            _stop_group_leftovers(proc.pid)  # its SuperExec may outlive it, holding the pipe
+        reader.join(timeout=5)
+        if not refused.is_set():
             return code
         left = deadline - time.monotonic()
         if left <= 0:
@@ -401,3 +414,28 @@ def supervise_supernode(cmd: list[str], env: dict[str, str], *, activation_wait:
         say(f"activation refused (attempt {attempt}): the key may not be registered yet, or "
             f"this node's earlier run is still marked online; retrying for {left:.0f}s")
         time.sleep(min(ACTIVATION_RETRY_DELAY, left))
+
+
+def _copy_output(proc: subprocess.Popen, refused: threading.Event) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if ACTIVATION_REFUSED in line:
+            refused.set()
+
+
+def _stop_group_leftovers(pgid: int, grace: float = 5.0) -> None:
+    """Stop what is left in the process group we created for a SuperNode (by its id)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.1)

@@ -32,7 +32,8 @@ Insecure = Annotated[bool, typer.Option(
 def certs(
     out: Annotated[Path, typer.Option(help="Directory for the CA, SuperLink cert, node keys.")],
     hosts: Annotated[str, typer.Option(
-        help="Comma-separated host names and IPs the nodes dial (the SuperLink cert's SAN).")
+        help="Comma-separated host names and IPs the nodes dial (the SuperLink cert's SAN; "
+             "127.0.0.1 and localhost are always added).")
     ] = "127.0.0.1,localhost",
     nodes: Annotated[int, typer.Option(help="Node key pairs to create (node-0 ...).")] = 2,
     force: Annotated[bool, typer.Option(help="Replace existing files (a new CA).")] = False,

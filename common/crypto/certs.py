@@ -34,6 +34,7 @@ from common.errors import ConfigError
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "superlink.crt", "superlink.key"
 NODES_DIR = "nodes"
+LOOPBACK = ["127.0.0.1", "localhost"]
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest server-certificate lifetime browsers and most TLS stacks accept
 
@@ -92,6 +93,9 @@ def parse_hosts(hosts: Sequence[str]) -> list[x509.GeneralName]:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
+            if ":" in host:  # not an IPv6 address, so a HOST:PORT
+                raise ConfigError(f"host {raw!r} has a port; --hosts takes names and IPs only "
+                                  "(the port is the coordinator's --port).") from None
             names.append(x509.DNSName(host))
     if not names:
         raise ConfigError("--hosts is empty: give every host name or IP the nodes will dial.")
@@ -208,6 +212,9 @@ def write_certs(out: str | Path, hosts: Sequence[str], nodes: int, *,
     if nodes < 0:
         raise ConfigError(f"--nodes must be 0 or more; got {nodes}.")
     parse_hosts(hosts)  # validate before writing anything
+    # The coordinator's own processes (the flwr CLI, and the SuperExec that Flower starts
+    # for the ServerApp) dial a SuperLink bound to 0.0.0.0 on 127.0.0.1: always in the SAN.
+    hosts = list(dict.fromkeys([h.strip() for h in hosts if h.strip()] + LOOPBACK))
     bundle = CertBundle(Path(out))
     bundle.directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ensure_ca(bundle, force)

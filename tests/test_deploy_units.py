@@ -1,0 +1,207 @@
+"""Fast checks of the deployment pieces (the loopback test runs them for real).
+
+Certificates and keys are checked against what Flower itself loads; command lines
+against Flower's own parser; the CLI's refusals against their messages.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from typer.testing import CliRunner
+
+from client.private_data import load_private_dir
+from common.crypto.certs import (
+    node_private_keys,
+    node_public_keys,
+    parse_hosts,
+    san_hosts,
+    write_certs,
+)
+from common.data import train_tokenizer
+from common.errors import ConfigError, DataError
+from simulations.cli import app
+from simulations.deploy import (
+    TlsFiles,
+    _feed,
+    check_node_key,
+    node_config_string,
+    superlink_command,
+    supernode_command,
+)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    write_certs(out, ["127.0.0.1", "localhost"], 2)
+    return out
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def test_secret_files_are_0600_and_public_ones_readable(certs: Path) -> None:
+    for name in ("ca.key", "superlink.key", "nodes/node-0", "nodes/node-1"):
+        assert _mode(certs / name) == 0o600, name
+    for name in ("ca.crt", "superlink.crt", "nodes/node-0.pub"):
+        assert _mode(certs / name) == 0o644, name
+
+
+def test_superlink_certificate_has_the_sans_and_is_signed_by_the_ca(certs: Path) -> None:
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((certs / "superlink.crt").read_bytes())
+    assert set(san_hosts(server)) == {"127.0.0.1", "localhost"}
+    server.verify_directly_issued_by(ca)  # raises if not
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_node_keys_are_p384_openssh_and_flower_loads_them(certs: Path) -> None:
+    from flwr.cli.supernode.register import try_load_public_key
+
+    assert [p.name for p in node_private_keys(certs)] == ["node-0", "node-1"]
+    assert [p.name for p in node_public_keys(certs)] == ["node-0.pub", "node-1.pub"]
+    key = load_ssh_private_key((certs / "nodes" / "node-0").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert try_load_public_key(certs / "nodes" / "node-0.pub")  # `flwr supernode register`
+    check_node_key(certs / "nodes" / "node-0")
+
+
+def test_rerun_keeps_the_ca_and_adds_nodes(certs: Path) -> None:
+    before = {p: p.read_bytes() for p in certs.rglob("*") if p.is_file()}
+    bundle = write_certs(certs, ["127.0.0.1", "localhost"], 3)
+    assert [p.name for p in bundle.created] == ["node-2", "node-2.pub"]
+    for path, data in before.items():
+        assert path.read_bytes() == data, path
+
+
+def test_new_host_reissues_only_the_server_certificate(tmp_path: Path) -> None:
+    write_certs(tmp_path, ["127.0.0.1"], 0)
+    ca = (tmp_path / "ca.crt").read_bytes()
+    bundle = write_certs(tmp_path, ["127.0.0.1", "coordinator.example.org"], 0)
+    assert (tmp_path / "ca.crt").read_bytes() == ca
+    server = x509.load_pem_x509_certificate((tmp_path / "superlink.crt").read_bytes())
+    assert set(san_hosts(server)) == {"127.0.0.1", "localhost", "coordinator.example.org"}
+    assert tmp_path / "superlink.crt" in bundle.created
+
+
+@pytest.mark.parametrize("hosts", [["https://x.org"], ["10.0.0.1:9092"], [" "]])
+def test_bad_hosts_are_refused(hosts: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse_hosts(hosts)
+
+
+def test_node_key_checks(certs: Path, tmp_path: Path) -> None:
+    loose = tmp_path / "node"
+    loose.write_bytes((certs / "nodes" / "node-0").read_bytes())
+    loose.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        check_node_key(loose)
+    with pytest.raises(ConfigError, match="private half"):
+        check_node_key(certs / "nodes" / "node-0.pub")
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_node_key(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- command lines
+
+
+def test_superlink_command_has_tls_auth_database_and_no_installs(certs: Path) -> None:
+    cmd = superlink_command(host="0.0.0.0", port=9092, database=Path("/r/superlink.db"),
+                            tls=TlsFiles.from_dir(certs))
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile",
+                 "--enable-supernode-auth", "--disable-runtime-dependency-installation"):
+        assert flag in cmd
+    assert cmd[cmd.index("--database") + 1] == "/r/superlink.db"
+    assert "--insecure" not in cmd
+    plain = superlink_command(host="127.0.0.1", port=1, database=Path("d"), tls=None)
+    assert "--insecure" in plain and "--enable-supernode-auth" not in plain
+
+
+def test_node_config_round_trips_through_flowers_parser() -> None:
+    from flwr.common.config import parse_config_args
+
+    values = {"data-dir": "/data/my node", "state-dir": Path("/s/x"), "epsilon": 4.5,
+              "partition-id": 2, "num-partitions": 3}
+    parsed = parse_config_args([node_config_string(values)])
+    assert parsed == {**values, "state-dir": "/s/x"}
+    with pytest.raises(ConfigError):
+        node_config_string({"data-dir": 'a"b'})
+
+
+def test_supernode_command(certs: Path) -> None:
+    cmd = supernode_command(superlink="h:9092", root_certificates=certs / "ca.crt",
+                            key=certs / "nodes" / "node-0", node_config={"epsilon": 1.0},
+                            local_port=9095)
+    assert cmd[:3] == ["flower-supernode", "--superlink", "h:9092"]
+    assert "--auth-supernode-private-key" in cmd and "--insecure" not in cmd
+    assert cmd[cmd.index("--port") + 1] == "9095"
+
+
+def test_feed_hands_on_each_round_once_even_after_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    seen: list[int] = []
+    path.write_text("".join(json.dumps({"round": r}) + "\n" for r in (0, 1)))
+    last = _feed(path, -1, lambda r: seen.append(r["round"]))
+    path.write_text(json.dumps({"round": 0}) + "\n")  # a resume rewrites the file
+    last = _feed(path, last, lambda r: seen.append(r["round"]))
+    path.write_text("".join(json.dumps({"round": r}) + "\n" for r in (0, 1, 2)))
+    _feed(path, last, lambda r: seen.append(r["round"]))
+    assert seen == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_coordinator_dry_run_prints_flowers_commands(certs: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["coordinator", "--certs", str(certs), "--preset", "quick",
+                                      "--out", str(tmp_path / "run"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "flower-superlink" in text and "--enable-supernode-auth" in text
+    assert "flwr supernode register" in text and "--name node-1" in text
+    assert "flwr run" in text and "--stream" in text
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_plaintext_needs_insecure_and_warns(certs: Path, tmp_path: Path) -> None:
+    base = ["node", "--superlink", "127.0.0.1:9092", "--data-dir", str(tmp_path),
+            "--state-dir", str(tmp_path / "s"), "--epsilon", "8", "--dry-run"]
+    with pytest.raises(ConfigError, match="--insecure"):
+        CliRunner().invoke(app, base, catch_exceptions=False)
+    result = CliRunner().invoke(app, [*base, "--insecure"])
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "--insecure" in result.output
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        CliRunner().invoke(app, [*base, "--insecure", "--key", str(certs / "nodes" / "node-0")],
+                           catch_exceptions=False)
+
+
+# ---------------------------------------------------------------- a node's own data
+
+
+def _task() -> SimpleNamespace:
+    tok = train_tokenizer(["a good film", "a bad film", "good fun", "bad plot"] * 5,
+                          vocab_size=60, min_frequency=1)
+    return SimpleNamespace(tokenizer_json=tok.to_str(), num_classes=2)
+
+
+def test_private_data_dir_uses_the_federations_labels(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,label\na good film,fresh\nbad plot,0\n")
+    x, y = load_private_dir(tmp_path, _task(), dataset="rotten-tomatoes", seed=0, max_len=8)
+    assert x.shape == (2, 8) and y.tolist() == [1, 0]  # rotten-tomatoes: ("rotten", "fresh")
+    (tmp_path / "train.csv").write_text("text,label\na good film,great\n")
+    with pytest.raises(DataError, match="great"):
+        load_private_dir(tmp_path, _task(), dataset="rotten-tomatoes", seed=0, max_len=8)

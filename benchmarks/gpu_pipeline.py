@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/gpu/gpu_pipeline.json")
+    parser.add_argument("--teacher-epochs", type=int, default=FedConfig().teacher_epochs)
     args = parser.parse_args()
     device = resolve_device(args.device)
     cfg = FedConfig()
@@ -61,10 +62,10 @@ def main() -> None:
                                       vocab_size=task.vocab_size, num_classes=2,
                                       max_len=cfg.max_len))
     timed("teacher pre-training", lambda: train_supervised(
-        teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
+        teacher, task.teacher_x, task.teacher_y, epochs=args.teacher_epochs, lr=cfg.teacher_lr,
         device=device))
     on_device = {"teacher": next(teacher.parameters()).device.type}
-    public = task.public_x[:2000]
+    public = task.public_x[:500] if device.type == "cpu" else task.public_x[:2000]
     knowledge = soften(predict_logits(teacher, public, device=device), cfg.temperature)
     results = {"teacher_accuracy": evaluate_accuracy(teacher, task.test_x, task.test_y,
                                                      device=device)}

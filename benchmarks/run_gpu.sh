@@ -54,7 +54,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 # The apps' training path (teacher, distillation, DP-SGD hooks/ghost, prediction) on CUDA.
 timeout 150 "$PY" benchmarks/gpu_pipeline.py --device "${DEVICE:-cuda}" \
-    --out "$OUT/gpu_pipeline.json" 2>&1 | tee "$OUT/gpu.log"
+    --out "$OUT/gpu_pipeline.json" 2>&1 | tee "$OUT/gpu.log" || echo "pipeline check failed"
 # 470 s hard stop: the issue asks for under 8 minutes end to end; gpu.py's own budget
 # (420 s) skips parts before this, and it saves its JSON after every part.
 # shellcheck disable=SC2086

@@ -97,8 +97,13 @@ def simulate(
 
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
+    from common.task import prepare_task
     from simulations.report import finalize_summary, plot_run, read_metrics
     from simulations.runner import run_simulation
+
+    # Load the data and build the tokenizer here first: an unknown or unusable dataset
+    # then fails in seconds, before Flower starts, naming the value.
+    prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
 
     console.print(f"[bold]fedistill simulate[/bold]: {cfg.dataset}, {cfg.num_clients} clients, "
                   f"{cfg.rounds} rounds, ε budget {cfg.epsilon}, students {cfg.students}")

@@ -67,3 +67,16 @@ def test_pyproject_lists_every_run_config_key_with_its_default() -> None:
     root = PRESETS.parent.parent
     listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert listed == FedConfig().to_run_config()
+
+
+def test_simulate_refuses_an_unknown_dataset_before_flower_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = Path(sys.executable).parent / "fedistill"
+    proc = subprocess.run([str(cli), "simulate", "--preset", "quick", "--out",
+                           str(tmp_path / "run"), "--set", "dataset='no-such-data'"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no-such-data" in proc.stdout and "Known datasets" in proc.stdout
+    assert not (tmp_path / "run" / "superlink.log").exists()  # Flower never started

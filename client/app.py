@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -105,14 +106,7 @@ def train(msg: Message, context: Context) -> Message:
             seed=cfg.seed + plan.round)
 
     # (a, c, d) private training under DP, within the budget
-    if node.data_dir is not None:  # a deployed node: its own files (client/private_data.py)
-        x_priv, y_priv = load_private_dir(node.data_dir, task, dataset=cfg.dataset,
-                                          seed=cfg.seed, max_len=cfg.max_len)
-        part = range(len(y_priv))
-    else:
-        part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
-                                 node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
-        x_priv, y_priv = task.private_x[part], task.private_y[part]
+    x_priv, y_priv = _private_data(cfg, node, task)
     budget = node.epsilon if node.epsilon is not None else cfg.epsilon
     declined, reason, sigma, steps = _private_round(
         cfg, plan, state, student, x_priv, y_priv, budget=budget, device=device,
@@ -123,20 +117,13 @@ def train(msg: Message, context: Context) -> Message:
     # (e) reply: soft labels on the public batch (post-processing: no ε), ε so far, count
     content = RecordDict()
     probs = soften(predict_logits(student, public_x, device=device), cfg.temperature).numpy()
-    attack = cfg.attack if is_malicious(node.partition_id, node.num_partitions,
-                                        cfg.attack_fraction) else "none"
-    if attack in POISONING:
-        probs = poison(probs, attack, seed=cfg.seed * 1000 + plan.round)
-    knowledge = encode_knowledge(probs, cfg.encoding, topk=cfg.topk)
-    if attack in FAULTS:
-        knowledge = corrupt(knowledge, attack)
-    content[SOFT_LABELS] = to_array_record(knowledge)
+    content[SOFT_LABELS] = to_array_record(_encode_reply(cfg, node, probs, plan.round))
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
         content[TEST_SOFT_LABELS] = to_array_record(encode_knowledge(test_probs, "float16"))
     content[METRICS] = MetricRecord({
         "epsilon": state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant),
-        "num-examples": int(len(part)),
+        "num-examples": int(len(y_priv)),
         "declined": int(declined),
         "dp-steps": int(steps),
         "noise-multiplier": float(sigma),
@@ -144,6 +131,28 @@ def train(msg: Message, context: Context) -> Message:
     content[INFO] = ConfigRecord({"student": family, "reason": reason,
                                   "client-id": f"client-{node.partition_id}"})
     return Message(content, reply_to=msg)
+
+
+def _private_data(cfg: FedConfig, node: NodeSettings,
+                  task: PreparedTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deployed node's own files, else the simulated partition of this client."""
+    if node.data_dir is not None:  # client/private_data.py
+        return load_private_dir(node.data_dir, task, dataset=cfg.dataset, seed=cfg.seed,
+                                max_len=cfg.max_len)
+    part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
+                             node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
+    return task.private_x[part], task.private_y[part]
+
+
+def _encode_reply(cfg: FedConfig, node: NodeSettings, probs: np.ndarray,
+                  rnd: int) -> dict[str, np.ndarray]:
+    """Encode the soft labels; a client configured as an attacker poisons or corrupts them."""
+    malicious = is_malicious(node.partition_id, node.num_partitions, cfg.attack_fraction)
+    attack = cfg.attack if malicious else "none"
+    if attack in POISONING:
+        probs = poison(probs, attack, seed=cfg.seed * 1000 + rnd)
+    knowledge = encode_knowledge(probs, cfg.encoding, topk=cfg.topk)
+    return corrupt(knowledge, attack) if attack in FAULTS else knowledge
 
 
 def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:
@@ -163,7 +172,9 @@ def _private_round(
         return True, f"round {plan.round} of run {plan.run_id} is already in the ledger", 0.0, 0
     if not cfg.dp:
         steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
-        train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)), lr=cfg.dp_lr / 50,
+        # The same data without DP, with the plain loop's AdamW (at the distillation lr).
+        train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)),
+                         lr=cfg.student_distill_lr,
                          batch_size=cfg.dp_batch_size, device=device, seed=cfg.seed + plan.round)
         return False, "non-private training (dp = false): no privacy guarantee", 0.0, steps
     noise = _noise_plan(cfg, plan, state, len(x), budget)

@@ -158,7 +158,10 @@ def _run_round(
     # --- send, receive, validate
     messages = [_train_message(plan, indices, knowledge, node) for node in sampled]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    valid, rejected = _validate_all(replies, cfg, task, m, evaluate)
+    # An error reply made by the SuperLink for a lost node carries the SuperLink's own id
+    # as sender: name the node the message went to instead (ids are set when pushed).
+    sent_to = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in messages}
+    valid, rejected = _validate_all(replies, cfg, task, m, evaluate, sent_to)
     if len(valid) < cfg.min_replies:
         raise RoundFailedError(
             f"round {rnd}: {len(valid)} valid replies of {len(sampled)} sampled, fewer than "
@@ -212,11 +215,14 @@ def _train_message(plan: RoundPlan, indices: np.ndarray, knowledge: dict[str, np
 
 
 def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m: int,
-                  evaluate: bool) -> tuple[list[ValidReply], list[Rejection]]:
+                  evaluate: bool, sent_to: dict[str, int],
+                  ) -> tuple[list[ValidReply], list[Rejection]]:
     valid: list[ValidReply] = []
     rejected: list[Rejection] = []
     for reply in replies:
-        result = validate_reply(reply, encoding=cfg.encoding, num_rows=m,
+        node_id = sent_to.get(reply.metadata.reply_to_message_id,
+                              reply.metadata.src_node_id)
+        result = validate_reply(reply, node_id=int(node_id), encoding=cfg.encoding, num_rows=m,
                                 num_classes=task.num_classes,
                                 num_test=len(task.test_x) if evaluate else None)
         if isinstance(result, Rejection):

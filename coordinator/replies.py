@@ -46,10 +46,10 @@ class Rejection:
 
 
 def validate_reply(
-    reply: Message, *, encoding: str, num_rows: int, num_classes: int, num_test: int | None
+    reply: Message, *, node_id: int, encoding: str, num_rows: int, num_classes: int,
+    num_test: int | None,
 ) -> ValidReply | Rejection:
-    """Decode and check one reply; any problem becomes a :class:`Rejection`."""
-    node_id = int(reply.metadata.src_node_id)
+    """Decode and check one reply of node ``node_id``; any problem becomes a Rejection."""
     if not reply.has_content():
         why = reply.error.reason if reply.has_error() else "no content"
         return Rejection(node_id, f"client error: {why}")

@@ -26,6 +26,7 @@ import httpx
 import tomli_w
 
 from common.config import FedConfig
+from common.data import shared_data_dir
 from common.errors import FedistillError
 
 FEDERATION = "fedistill-sim"
@@ -47,8 +48,13 @@ def app_dir() -> Path:
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower's processes: our FLWR_HOME, no per-run installs, no telemetry."""
+    """Environment for Flower's processes: our FLWR_HOME, no per-run installs, no telemetry.
+
+    The apps run from Flower's copy of the project under FLWR_HOME, where ``../shared/data``
+    does not exist: resolve the shared data folder here, against the real checkout.
+    """
     env = os.environ.copy()
+    env.setdefault("FEDISTILL_SHARED_DATA", str(shared_data_dir()))
     bin_dir = str(Path(sys.executable).parent)
     env.update({
         "FLWR_HOME": str(flwr_home),

@@ -86,7 +86,7 @@ def test_a_client_that_raises_is_rejected_and_the_round_goes_on(tmp_path: Path) 
     cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "quick",
            "--out", str(out), "--set", "rounds=1", "--set", "attack='raise'",
            "--set", "attack-fraction=0.34", "--set", "min-replies=2",
-           "--set", f"dataset='{dataset}'"]
+           "--set", f"dataset='{dataset}'", "--set", "partition='iid'"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

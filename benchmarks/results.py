@@ -116,7 +116,8 @@ READING = [
     "round, five rounds, clients split by movie) is short: non-private FedAvg had not left "
     "the majority class after five rounds, so read it as a byte count, not as FedAvg's "
     "best accuracy.",
-    "- Every DP-from-scratch row sits at the majority class (56.3% fresh in the test set), as "
+    "- Every DP-from-scratch row sits at chance (the majority class: 56.3% fresh in the "
+    "rotten-tomatoes test set, about half on SST-2), as "
     "`../shared/notes/DP-UTILITY.md` measured: DP-SGD from scratch learns nothing useful "
     "here at ε ≤ 8. Federated distillation starts every student from the teacher's "
     "knowledge on public data, which costs no ε, and is the only private row above it.",

@@ -66,7 +66,7 @@ def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> Prep
     def labels(y: np.ndarray | None, role: str) -> Tensor:
         if y is None:
             raise DataError(f"dataset={dataset!r} has no labels for its {role} role.")
-        return torch.as_tensor(np.asarray(y), dtype=torch.long)
+        return torch.tensor(np.asarray(y), dtype=torch.long)  # a copy: roles are read-only
 
     return PreparedTask(
         dataset=dataset,

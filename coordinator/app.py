@@ -169,21 +169,7 @@ def _run_round(
         )
 
     # --- aggregate, distil the teacher on (S_t, aggregate), evaluate
-    aggregate = torch.as_tensor(
-        _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid]),
-        dtype=torch.float32)
-    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
-        train_supervised(teacher, public_x, aggregate.argmax(dim=1),
-                         epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
-                         device=device, seed=cfg.seed + rnd)
-    else:
-        distill(teacher, public_x, aggregate, temperature=cfg.temperature,
-                epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
-                seed=cfg.seed + rnd)
-    # Anchor on the labeled teacher set so the teacher does not drift towards the
-    # students' mistakes (its labels are the coordinator's own, not private).
-    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
-                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
+    _update_teacher(cfg, task, teacher, public_x, valid, rnd, device)
     record = _evaluate(cfg, task, teacher, valid, evaluate, device)
     record.update({
         "round": rnd,
@@ -202,6 +188,27 @@ def _run_round(
         record.get("student_accuracy_mean"), record["epsilon_max"], len(valid), len(sampled),
         record["seconds"])
     return record
+
+
+def _update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                    public_x: torch.Tensor, valid: list[ValidReply], rnd: int,
+                    device: torch.device) -> None:
+    """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
+    aggregate = torch.as_tensor(
+        _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid]),
+        dtype=torch.float32)
+    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
+        train_supervised(teacher, public_x, aggregate.argmax(dim=1),
+                         epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
+                         device=device, seed=cfg.seed + rnd)
+    else:
+        distill(teacher, public_x, aggregate, temperature=cfg.temperature,
+                epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
+                seed=cfg.seed + rnd)
+    # Anchor on the labeled teacher set so the teacher does not drift towards the
+    # students' mistakes (its labels are the coordinator's own, not private).
+    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
+                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
 
 
 def _train_message(plan: RoundPlan, indices: np.ndarray, knowledge: dict[str, np.ndarray],

@@ -89,6 +89,7 @@ class FedConfig:
     # --- robustness experiments (simulation only)
     attack: str = "none"  # none | flip | noise | wrong-onehot | collude | nan | shape | raise
     attack_fraction: float = 0.0  # share of clients (the first ids) that attack
+    save_replies: bool = False  # keep each round's valid replies (replies/round-NNN.npz)
     # --- system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/latest"

@@ -36,7 +36,12 @@ from coordinator.checkpoint import (
     save_checkpoint,
 )
 from coordinator.replies import Rejection, ValidReply, validate_reply
-from coordinator.report import append_metrics, rewrite_metrics, write_summary
+from coordinator.report import (
+    append_metrics,
+    rewrite_metrics,
+    save_round_replies,
+    write_summary,
+)
 
 app = ServerApp()
 
@@ -69,6 +74,8 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Resuming run %s after round %s from %s", run_id, ckpt.round, ckpt_path)
     else:
         initial = _initial_teacher(cfg, task, teacher, device)
+        if cfg.save_replies:  # the starting point of a replay (simulations/robustness.py)
+            torch.save(teacher.state_dict(), out / "teacher-round0.pt")
         run_id, start, history = str(context.run_id), 1, [initial]
         append_metrics(out, initial)
         save_checkpoint(ckpt_path, Checkpoint(run_id, 0, teacher.state_dict(),
@@ -167,6 +174,10 @@ def _run_round(
             f"round {rnd}: {len(valid)} valid replies of {len(sampled)} sampled, fewer than "
             f"min-replies={cfg.min_replies}; rejected: {[r.reason for r in rejected]}"
         )
+
+    if cfg.save_replies:
+        save_round_replies(Path(cfg.out_dir), rnd, indices, [r.probs for r in valid],
+                           [r.num_examples for r in valid], [r.client_id for r in valid])
 
     # --- aggregate, distil the teacher on (S_t, aggregate), evaluate
     _update_teacher(cfg, task, teacher, public_x, valid, rnd, device)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.config import FedConfig
 
@@ -16,6 +19,23 @@ def append_metrics(out: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def save_round_replies(out: Path, rnd: int, indices: np.ndarray, probs: Sequence[np.ndarray],
+                       counts: Sequence[int], client_ids: Sequence[str]) -> Path:
+    """Keep one round's decoded replies (``save-replies``) for replaying its aggregation.
+
+    The robustness harness (simulations/robustness.py) replays these honest replies with
+    attackers and rules of its choice. Plain mode only: under secure aggregation the
+    coordinator never holds a single client's soft labels.
+    """
+    folder = out / "replies"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"round-{rnd:03d}.npz"
+    np.savez_compressed(path, indices=indices, probs=np.stack(probs).astype(np.float32),
+                        counts=np.asarray(counts, dtype=np.int64),
+                        client_ids=np.asarray(client_ids))
+    return path
 
 
 def rewrite_metrics(out: Path, history: list[dict[str, Any]]) -> None:

@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 
 from client.attacks import FAULTS, POISONING, corrupt, is_malicious, poison
 from client.private_data import load_private_dir
@@ -35,6 +40,7 @@ from common.privacy.accounting import (
     epsilon_from_events,
 )
 from common.protocol import (
+    FITINS_PARAMETERS,
     INFO,
     KNOWLEDGE,
     METRICS,
@@ -45,12 +51,22 @@ from common.protocol import (
     RoundPlan,
     from_array_record,
     to_array_record,
+    unpack_secure_instructions,
 )
 from common.task import PreparedTask, client_partitions, prepare_task
 from common.training import distill, dp_train, predict_logits, steps_per_epoch, train_supervised
 
 log = logging.getLogger(__name__)
-app = ClientApp()
+
+
+def _secaggplus_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run Flower's SecAgg+ client protocol only for the messages of a secure round."""
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[_secaggplus_when_asked])
 
 
 @dataclass(frozen=True)
@@ -77,11 +93,45 @@ class NodeSettings:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of federated distillation on this client."""
+    """One round of federated distillation on this client (plain or under SecAgg+)."""
     torch.set_num_threads(1)  # two simulated clients share a 2-core machine
     cfg = FedConfig.from_mapping(context.run_config)
     node = NodeSettings.from_context(context, cfg)
-    plan = RoundPlan.from_record(msg.content.config_records[ROUND])
+    secure = FITINS_PARAMETERS in msg.content.array_records
+    if secure:  # the legacy FitIns that secaggplus_mod needs (common/protocol.py)
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        plan, indices, knowledge = unpack_secure_instructions(
+            parameters_to_ndarrays(fitins.parameters), fitins.config)
+    else:
+        plan = RoundPlan.from_record(msg.content.config_records[ROUND])
+        indices = from_array_record(msg.content, PUBLIC)["indices"]
+        knowledge = from_array_record(msg.content, KNOWLEDGE)
+    result = _client_round(cfg, node, plan, indices, knowledge)
+    content = _secure_reply(cfg, node, result) if secure else _plain_reply(cfg, node, result)
+    return Message(content, reply_to=msg)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one client round produced, before it is encoded for either kind of reply."""
+
+    round: int
+    probs: np.ndarray  # (m, C) softened soft labels on the public batch
+    test_probs: np.ndarray | None  # (n_test, C) at T=1, in evaluate rounds
+    test_accuracy: float | None
+    epsilon: float
+    num_examples: int
+    declined: bool
+    reason: str
+    steps: int
+    sigma: float
+    student: str
+    client_id: str
+
+
+def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: np.ndarray,
+                  knowledge: dict[str, np.ndarray]) -> RoundResult:
+    """Steps (a)–(e) of the module docstring for one round."""
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
     if plan.fingerprint != task.fingerprint:
         raise KnowledgeError(
@@ -93,15 +143,14 @@ def train(msg: Message, context: Context) -> Message:
     family = cfg.student_for(node.partition_id)
     student = build_model(_student_config(cfg, task, family))
     state.load_student(student)
+    client_id = f"client-{node.partition_id}"
 
     # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
-    indices = torch.as_tensor(from_array_record(msg.content, PUBLIC)["indices"], dtype=torch.long)
-    knowledge = decode_knowledge(
-        from_array_record(msg.content, KNOWLEDGE), cfg.encoding,
-        num_rows=len(indices), num_classes=task.num_classes,
-    )
-    public_x = task.public_x[indices]
-    distill(student, public_x, torch.as_tensor(knowledge), temperature=cfg.temperature,
+    rows = torch.as_tensor(indices, dtype=torch.long)
+    teacher = decode_knowledge(knowledge, cfg.encoding, num_rows=len(rows),
+                               num_classes=task.num_classes)
+    public_x = task.public_x[rows]
+    distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
             seed=cfg.seed + plan.round)
 
@@ -110,27 +159,79 @@ def train(msg: Message, context: Context) -> Message:
     budget = node.epsilon if node.epsilon is not None else cfg.epsilon
     declined, reason, sigma, steps = _private_round(
         cfg, plan, state, student, x_priv, y_priv, budget=budget, device=device,
-        client_id=f"client-{node.partition_id}",
+        client_id=client_id,
     )
     state.save_student(student)
 
-    # (e) reply: soft labels on the public batch (post-processing: no ε), ε so far, count
-    content = RecordDict()
+    # (e) soft labels on the public batch (post-processing: no ε)
     probs = soften(predict_logits(student, public_x, device=device), cfg.temperature).numpy()
-    content[SOFT_LABELS] = to_array_record(_encode_reply(cfg, node, probs, plan.round))
+    test_probs, test_accuracy = None, None
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
-        content[TEST_SOFT_LABELS] = to_array_record(encode_knowledge(test_probs, "float16"))
+        test_accuracy = float((test_probs.argmax(1) == task.test_y.numpy()).mean())
+    return RoundResult(
+        round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,
+        epsilon=state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant),
+        num_examples=int(len(y_priv)), declined=declined, reason=reason, steps=int(steps),
+        sigma=float(sigma), student=family, client_id=client_id,
+    )
+
+
+def _plain_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
+    """The soft labels as encoded arrays, with metrics: the coordinator sees each reply."""
+    content = RecordDict()
+    content[SOFT_LABELS] = to_array_record(_encode_reply(cfg, node, result.probs,
+                                                         result.round))
+    if result.test_probs is not None:
+        content[TEST_SOFT_LABELS] = to_array_record(
+            encode_knowledge(result.test_probs, "float16"))
     content[METRICS] = MetricRecord({
-        "epsilon": state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant),
-        "num-examples": int(len(y_priv)),
-        "declined": int(declined),
-        "dp-steps": int(steps),
-        "noise-multiplier": float(sigma),
+        "epsilon": result.epsilon,
+        "num-examples": result.num_examples,
+        "declined": int(result.declined),
+        "dp-steps": result.steps,
+        "noise-multiplier": result.sigma,
     })
-    content[INFO] = ConfigRecord({"student": family, "reason": reason,
-                                  "client-id": f"client-{node.partition_id}"})
-    return Message(content, reply_to=msg)
+    content[INFO] = ConfigRecord({"student": result.student, "reason": result.reason,
+                                  "client-id": result.client_id})
+    return content
+
+
+def _secure_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
+    """A FitRes for secaggplus_mod to mask: only the sum of these arrays is ever seen.
+
+    The count is the weight of the weighted mean, capped at ``secagg-max-weight`` so the
+    masked sum cannot overflow (1 for the plain mean). It and the metrics stay visible.
+    """
+    probs = _attacked(cfg, node, result.probs, result.round)
+    arrays = [probs.astype(np.float64).reshape(-1)]
+    if result.test_probs is not None:
+        arrays.append(result.test_probs.astype(np.float64).reshape(-1))
+    weight = min(result.num_examples, cfg.secagg_max_weight)
+    metrics = {
+        "epsilon": result.epsilon, "declined": int(result.declined), "dp-steps": result.steps,
+        "noise-multiplier": result.sigma, "student": result.student,
+        "client-id": result.client_id, "reason": result.reason,
+        "test-accuracy": -1.0 if result.test_accuracy is None else result.test_accuracy,
+    }
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
+                    weight if cfg.aggregation == "weighted-mean" else 1, metrics)
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def _attacked(cfg: FedConfig, node: NodeSettings, probs: np.ndarray, rnd: int) -> np.ndarray:
+    """A malicious client's secure reply: poisoned, or malformed (nan, shape), or raising."""
+    malicious = is_malicious(node.partition_id, node.num_partitions, cfg.attack_fraction)
+    attack = cfg.attack if malicious else "none"
+    if attack in POISONING:
+        return poison(probs, attack, seed=cfg.seed * 1000 + rnd)
+    if attack == "raise":
+        corrupt({}, attack)  # raises InjectedFault: this client drops out mid-round
+    if attack == "nan":
+        return np.full_like(probs, np.nan)
+    if attack == "shape":
+        return probs[:-1]
+    return probs
 
 
 def _private_data(cfg: FedConfig, node: NodeSettings,

@@ -19,7 +19,7 @@ from typing import Any
 from common.errors import ConfigError
 
 STUDENT_FAMILIES = ("transformer", "lstm", "cnn")
-AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl")
+AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
 ENCODINGS = ("float32", "float16", "int8", "topk")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -63,9 +63,11 @@ class FedConfig:
     temperature: float = 2.0  # softening of both teacher and student probabilities
     encoding: str = "float16"  # float32 | float16 | int8 | topk
     topk: int = 2  # kept entries per row for encoding = topk
-    aggregation: str = "weighted-mean"  # mean | weighted-mean | median | trimmed-mean | dsfl
+    aggregation: str = "weighted-mean"  # one of AGGREGATIONS (mean, ..., dsfl, norm-filter)
     trim_fraction: float = 0.2  # for trimmed-mean
     dsfl_temperature: float = 0.5  # sharpening for dsfl (< 1 lowers entropy)
+    filter_ratio: float = 2.0  # norm-filter: keep replies within this × the median distance
+    filter_min_entropy: float = 0.0  # norm-filter: drop replies less uncertain than this (nats)
     # --- students (clients)
     students: str = "transformer,lstm,cnn"  # assigned to clients in turn
     student_size: str = "tiny"
@@ -86,6 +88,12 @@ class FedConfig:
     dp_trainable: str = "head"  # all | head: fewer dimensions, less noise (docs/RESULTS.md)
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
+    # --- secure aggregation (Flower's SecAgg+; docs/THREAT_MODEL.md says what it hides)
+    secure_aggregation: bool = False  # the coordinator sees only the sum of the replies
+    secagg_num_shares: float = 1.0  # shares per client: a share (<= 1) of the sampled, or a count
+    secagg_threshold: float = 0.6  # share (<= 1) of the shares needed to rebuild a mask, or a count
+    secagg_max_weight: int = 5000  # example counts above it are capped (no overflow)
+    secagg_quantization_range: int = 0  # 0 = the largest that cannot overflow the modulus
     # --- robustness experiments (simulation only)
     attack: str = "none"  # none | flip | noise | wrong-onehot | collude | nan | shape | raise
     attack_fraction: float = 0.0  # share of clients (the first ids) that attack
@@ -104,6 +112,7 @@ class FedConfig:
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("attack", self.attack, ATTACKS)
         _check_choice("teacher-targets", self.teacher_targets, ("hard", "soft"))
+        _check_secagg(self)
         if not 0 <= self.attack_fraction <= 1:
             raise ConfigError(f"attack-fraction={self.attack_fraction} must lie in [0, 1].")
         _check_choice("teacher-size", self.teacher_size, SIZES)
@@ -121,6 +130,11 @@ class FedConfig:
             raise ConfigError(f"delta={self.delta} must be below 1 (and below 1/n per client).")
         if not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"trim-fraction={self.trim_fraction} must lie in [0, 0.5).")
+        if not 0 < self.filter_ratio < float("inf"):
+            raise ConfigError(f"filter-ratio={self.filter_ratio} must be a finite number > 0.")
+        if not 0 <= self.filter_min_entropy < float("inf"):
+            raise ConfigError(f"filter-min-entropy={self.filter_min_entropy} must be a finite "
+                              "number >= 0 (0 = off).")
         if self.noise_multiplier < 0:
             raise ConfigError(f"noise-multiplier={self.noise_multiplier} must be >= 0 "
                               "(0 = calibrate from the budget).")
@@ -235,6 +249,27 @@ def _coerce(key: str, value: Any, target: type) -> Any:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
+
+
+def _check_secagg(cfg: FedConfig) -> None:
+    """What SecAgg+ can sum: a (weighted) mean of replies it never shows one by one."""
+    if not cfg.secure_aggregation:
+        return
+    if cfg.aggregation not in ("mean", "weighted-mean"):
+        raise ConfigError(
+            f"aggregation={cfg.aggregation!r} needs every client's reply, which "
+            "secure-aggregation=true hides: use mean or weighted-mean with it, or turn "
+            "secure aggregation off to use a robust rule.")
+    for key in ("secagg_num_shares", "secagg_threshold", "secagg_max_weight"):
+        _check_positive(key, getattr(cfg, key))
+    for key in ("secagg_num_shares", "secagg_threshold"):
+        value = getattr(cfg, key)
+        if value > 1 and value != int(value):
+            raise ConfigError(f"{_kebab(key)}={value} must be a share in (0, 1] or a "
+                              "whole number of clients.")
+    if cfg.secagg_quantization_range < 0:
+        raise ConfigError(f"secagg-quantization-range={cfg.secagg_quantization_range} must "
+                          "be >= 0 (0 = chosen from the number of clients).")
 
 
 def _check_positive(key: str, value: float) -> None:

@@ -8,6 +8,7 @@ numpy error escape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -63,9 +64,16 @@ def from_array_record(content: RecordDict, name: str) -> dict[str, np.ndarray]:
     if name not in content.array_records:
         raise KnowledgeError(f"reply has no {name!r} array record")
     try:
-        return {k: v.numpy() for k, v in content.array_records[name].items()}
+        arrays = {k: v.numpy() for k, v in content.array_records[name].items()}
     except Exception as exc:  # a corrupt Array from the network, whatever the cause
         raise KnowledgeError(f"array record {name!r} cannot be read: {exc!r}") from exc
+    for key, value in arrays.items():
+        if type(value) is not np.ndarray:  # np.load turns zip bytes into an NpzFile
+            raise KnowledgeError(
+                f"array {key!r} of record {name!r} is a {type(value).__name__}, "
+                "not a numpy array"
+            )
+    return arrays
 
 
 def read_metrics(content: RecordDict) -> dict[str, float]:
@@ -78,7 +86,66 @@ def read_metrics(content: RecordDict) -> dict[str, float]:
         if key not in rec:
             raise KnowledgeError(f"reply metrics miss {key!r}")
         value = rec[key]
-        if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
-            raise KnowledgeError(f"reply metric {key}={value!r} is not a finite number >= 0")
-        out[key] = float(value)
+        number = _finite_float(value)
+        if number is None or number < 0:
+            raise KnowledgeError(
+                f"reply metric {key}={_short_repr(value)} is not a finite number >= 0"
+            )
+        out[key] = number
     return out
+
+
+def _finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or None: not a number, or too big for a float.
+
+    MetricRecord takes Python ints of any size (``np.isfinite(10**30)`` raises TypeError
+    and ``float(10**400)`` OverflowError) and lists, so nothing is assumed.
+    """
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _short_repr(value: object) -> str:
+    """A repr fit for a log line (an int past 4,300 digits has none)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+# --------------------------------------------------------------------------- secure mode
+# Under SecAgg+ (secure-aggregation = true) a round travels as Flower's legacy FitIns /
+# FitRes, the only form secaggplus_mod masks: the instructions are the parameters
+# [indices, *knowledge arrays in sorted key order] with the round plan as the config; the
+# reply's parameters are [soft labels on the public batch (m*C,), and in evaluate rounds
+# on the test set (n*C,)], its metrics those below (visible: SecAgg+ masks only arrays).
+FITINS_PARAMETERS = "fitins.parameters"
+SECURE_REPLY_METRICS = ("epsilon", "declined", "dp-steps", "noise-multiplier",
+                        "test-accuracy", "student", "client-id", "reason")
+
+
+def pack_secure_instructions(
+    plan: RoundPlan, indices: np.ndarray, knowledge: Mapping[str, np.ndarray],
+) -> tuple[list[np.ndarray], dict[str, bool | int | float | str]]:
+    """The FitIns parameters and config of a secure round."""
+    keys = sorted(knowledge)
+    config = {**dict(plan.to_record()), "knowledge-keys": ",".join(keys)}
+    return [np.asarray(indices, dtype=np.int64), *(knowledge[k] for k in keys)], config
+
+
+def unpack_secure_instructions(
+    parameters: list[np.ndarray], config: Mapping[str, object],
+) -> tuple[RoundPlan, np.ndarray, dict[str, np.ndarray]]:
+    """Inverse of :func:`pack_secure_instructions`; malformed input is a KnowledgeError."""
+    plan = RoundPlan.from_record(ConfigRecord(dict(config)))  # type: ignore[arg-type]
+    keys = [k for k in str(config.get("knowledge-keys", "")).split(",") if k]
+    if len(parameters) != 1 + len(keys):
+        raise KnowledgeError(f"secure instructions carry {len(parameters)} arrays, expected "
+                             f"{1 + len(keys)} (indices and {keys})")
+    return plan, parameters[0], dict(zip(keys, parameters[1:], strict=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import encode_knowledge, payload_nbytes
+from common.distill.codec import decode_knowledge, encode_knowledge, payload_nbytes
 from common.distill.losses import soften
-from common.errors import FedistillError
+from common.errors import FedistillError, KnowledgeError
 from common.models import ModelConfig, build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, RoundPlan, to_array_record
 from common.task import PreparedTask, prepare_task
@@ -42,8 +43,12 @@ from coordinator.report import (
     save_round_replies,
     write_summary,
 )
+from coordinator.secure import run_secure_round
 
 app = ServerApp()
+
+
+MASKED_ENTRY_BYTES = 8  # SecAgg+ sends each masked entry as an int64
 
 
 class RoundFailedError(FedistillError):
@@ -85,7 +90,8 @@ def main(grid: Grid, context: Context) -> None:
     # --- rounds
     nodes = _wait_for_nodes(grid, cfg)
     for rnd in range(start, cfg.rounds + 1):
-        record = _run_round(grid, cfg, task, teacher, rnd, run_id, nodes, rng, np_rng, device)
+        record = _run_round(grid, context, cfg, task, teacher, rnd, run_id, nodes, rng, np_rng,
+                            device)
         history.append(record)
         append_metrics(out, record)
         save_checkpoint(ckpt_path, Checkpoint(run_id, rnd, teacher.state_dict(),
@@ -146,10 +152,21 @@ def _wait_for_nodes(grid: Grid, cfg: FedConfig) -> list[int]:
         time.sleep(1.0)
 
 
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a round's replies gave the coordinator, plain or secure, before distilling."""
+
+    aggregate: np.ndarray | None  # (m, C); None when a secure aggregate was refused
+    test_aggregate: np.ndarray | None  # (n_test, C) in evaluate rounds
+    clients: list[dict[str, Any]]  # per contributing client: id, ε, count, student, ...
+    rejected: list[dict[str, Any]]  # node id and reason of each refused reply
+    bytes_up: int
+
+
 def _run_round(
-    grid: Grid, cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module, rnd: int,
-    run_id: str, nodes: list[int], rng: random.Random, np_rng: np.random.Generator,
-    device: torch.device,
+    grid: Grid, context: Context, cfg: FedConfig, task: PreparedTask,
+    teacher: torch.nn.Module, rnd: int, run_id: str, nodes: list[int], rng: random.Random,
+    np_rng: np.random.Generator, device: torch.device,
 ) -> dict[str, Any]:
     """One round: send knowledge, validate and aggregate replies, distil, evaluate."""
     start = time.monotonic()
@@ -162,58 +179,126 @@ def _run_round(
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
 
-    # --- send, receive, validate
+    if cfg.secure_aggregation:
+        outcome = _secure_outcome(grid, context, cfg, task, sampled, plan, indices, knowledge)
+    else:
+        outcome = _plain_outcome(grid, cfg, task, sampled, plan, indices, knowledge)
+    if len(outcome.clients) < cfg.min_replies:
+        raise RoundFailedError(
+            f"round {rnd}: {len(outcome.clients)} valid replies of {len(sampled)} sampled, "
+            f"fewer than min-replies={cfg.min_replies}; rejected: "
+            f"{[r['reason'] for r in outcome.rejected]}"
+        )
+
+    # --- distil the teacher on (S_t, aggregate), evaluate
+    if outcome.aggregate is not None:
+        _update_teacher(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
+    record = _evaluate(task, teacher, outcome, evaluate, device)
+    clients = outcome.clients
+    record.update({
+        "round": rnd,
+        "sampled": len(sampled),
+        "replies": len(clients),
+        "rejected": outcome.rejected,
+        "declined": sorted(c["client_id"] for c in clients if c["declined"]),
+        "epsilon": {c["client_id"]: c["epsilon"] for c in clients},
+        "epsilon_max": max(c["epsilon"] for c in clients),
+        "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
+        "bytes_up": outcome.bytes_up,
+        "secure_aggregation": cfg.secure_aggregation,
+        "seconds": time.monotonic() - start,
+    })
+    log(INFO, "Round %s: teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
+        "(%.1fs)", rnd, record["teacher_accuracy"], record.get("ensemble_accuracy"),
+        record.get("student_accuracy_mean"), record["epsilon_max"], len(clients), len(sampled),
+        record["seconds"])
+    return record
+
+
+def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list[int],
+                   plan: RoundPlan, indices: np.ndarray,
+                   knowledge: dict[str, np.ndarray]) -> RoundOutcome:
+    """Send, receive and validate every reply; aggregate with the configured rule."""
     messages = [_train_message(plan, indices, knowledge, node) for node in sampled]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     # An error reply made by the SuperLink for a lost node carries the SuperLink's own id
     # as sender: name the node the message went to instead (ids are set when pushed).
     sent_to = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in messages}
-    valid, rejected = _validate_all(replies, cfg, task, m, evaluate, sent_to)
-    if len(valid) < cfg.min_replies:
-        raise RoundFailedError(
-            f"round {rnd}: {len(valid)} valid replies of {len(sampled)} sampled, fewer than "
-            f"min-replies={cfg.min_replies}; rejected: {[r.reason for r in rejected]}"
-        )
-
+    valid, rejected = _validate_all(replies, cfg, task, len(indices), plan.evaluate, sent_to)
     if cfg.save_replies:
-        save_round_replies(Path(cfg.out_dir), rnd, indices, [r.probs for r in valid],
+        save_round_replies(Path(cfg.out_dir), plan.round, indices, [r.probs for r in valid],
                            [r.num_examples for r in valid], [r.client_id for r in valid])
+    counts = [r.num_examples for r in valid]
+    aggregate = _aggregator(cfg)([r.probs for r in valid], counts) if valid else None
+    test_aggregate = None
+    if plan.evaluate and valid:
+        test_aggregate = _aggregator(cfg)([r.test_probs for r in valid], counts)
+    y = task.test_y.numpy()
+    clients = [{
+        "client_id": r.client_id, "node_id": r.node_id, "epsilon": r.epsilon,
+        "num_examples": r.num_examples, "declined": r.declined, "student": r.student,
+        "test_accuracy": (None if r.test_probs is None
+                          else float((r.test_probs.argmax(1) == y).mean())),
+    } for r in valid]
+    return RoundOutcome(aggregate, test_aggregate, clients,
+                        [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
+                        sum(r.nbytes for r in valid))
 
-    # --- aggregate, distil the teacher on (S_t, aggregate), evaluate
-    _update_teacher(cfg, task, teacher, public_x, valid, rnd, device)
-    record = _evaluate(cfg, task, teacher, valid, evaluate, device)
-    record.update({
-        "round": rnd,
-        "sampled": len(sampled),
-        "replies": len(valid),
-        "rejected": [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
-        "declined": sorted(r.client_id for r in valid if r.declined),
-        "epsilon": {r.client_id: r.epsilon for r in valid},
-        "epsilon_max": max(r.epsilon for r in valid),
-        "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
-        "bytes_up": sum(r.nbytes for r in valid),
-        "seconds": time.monotonic() - start,
-    })
-    log(INFO, "Round %s: teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
-        "(%.1fs)", rnd, record["teacher_accuracy"], record.get("ensemble_accuracy"),
-        record.get("student_accuracy_mean"), record["epsilon_max"], len(valid), len(sampled),
-        record["seconds"])
-    return record
+
+def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: PreparedTask,
+                    sampled: list[int], plan: RoundPlan, indices: np.ndarray,
+                    knowledge: dict[str, np.ndarray]) -> RoundOutcome:
+    """SecAgg+ over the sampled nodes: the coordinator gets sums, never one reply."""
+    shapes = [(len(indices), task.num_classes)]
+    if plan.evaluate:
+        shapes.append((len(task.test_x), task.num_classes))
+    result = run_secure_round(grid, context, cfg, sampled, plan, indices, knowledge, shapes)
+    if result is None:
+        raise RoundFailedError(
+            f"round {plan.round}: SecAgg+ halted: fewer clients than the reconstruction "
+            f"threshold (secagg-threshold={cfg.secagg_threshold}) stayed in the protocol."
+        )
+    aggregate, rejected = _checked_aggregate(result.aggregate, plan.round)
+    test_aggregate = None
+    if result.test_aggregate is not None:
+        test_aggregate, _ = _checked_aggregate(result.test_aggregate, plan.round)
+    clients = [{
+        "client_id": str(c["client-id"]), "node_id": c["node_id"], "epsilon": c["epsilon"],
+        "num_examples": c["num_examples"], "declined": bool(c["declined"]),
+        "student": str(c["student"]),
+        "test_accuracy": c["test-accuracy"] if c["test-accuracy"] >= 0 else None,
+    } for c in result.clients]
+    if result.dropped:
+        rejected.append({"node_id": None,
+                         "reason": f"{result.dropped} client(s) dropped out of SecAgg+"})
+    entries = 1 + sum(rows * cols for rows, cols in shapes)  # weight + masked soft labels
+    return RoundOutcome(aggregate, test_aggregate, clients, rejected,
+                        len(clients) * entries * MASKED_ENTRY_BYTES)
+
+
+def _checked_aggregate(aggregate: np.ndarray,
+                       rnd: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+    """A secure sum off the simplex (a client sent garbage) is refused, not distilled."""
+    try:
+        probs = decode_knowledge({"probs": aggregate.astype(np.float32)}, "float32",
+                                 num_rows=aggregate.shape[0], num_classes=aggregate.shape[1])
+    except KnowledgeError as exc:
+        log(WARNING, "Round %s: the secure aggregate is refused: %s", rnd, exc.reason)
+        return None, [{"node_id": None, "reason": f"secure aggregate refused: {exc.reason}"}]
+    return probs, []
 
 
 def _update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
-                    public_x: torch.Tensor, valid: list[ValidReply], rnd: int,
+                    public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
                     device: torch.device) -> None:
     """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
-    aggregate = torch.as_tensor(
-        _aggregator(cfg)([r.probs for r in valid], [r.num_examples for r in valid]),
-        dtype=torch.float32)
+    target = torch.as_tensor(aggregate, dtype=torch.float32)
     if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
-        train_supervised(teacher, public_x, aggregate.argmax(dim=1),
+        train_supervised(teacher, public_x, target.argmax(dim=1),
                          epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
                          device=device, seed=cfg.seed + rnd)
     else:
-        distill(teacher, public_x, aggregate, temperature=cfg.temperature,
+        distill(teacher, public_x, target, temperature=cfg.temperature,
                 epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
                 seed=cfg.seed + rnd)
     # Anchor on the labeled teacher set so the teacher does not drift towards the
@@ -260,19 +345,21 @@ def _aggregator(cfg: FedConfig):
     return get_aggregator(cfg.aggregation, **params)
 
 
-def _evaluate(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
-              valid: list[ValidReply], evaluate: bool, device: torch.device) -> dict[str, Any]:
+def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcome,
+              evaluate: bool, device: torch.device) -> dict[str, Any]:
     """Test accuracy of the teacher, and in evaluate rounds of the ensemble and students."""
     record: dict[str, Any] = {
         "teacher_accuracy": evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
     }
     if not evaluate:
         return record
-    y = task.test_y.numpy()
-    per_client = {r.client_id: float((r.test_probs.argmax(1) == y).mean()) for r in valid}
-    ensemble = _aggregator(cfg)([r.test_probs for r in valid], [r.num_examples for r in valid])
-    record["ensemble_accuracy"] = float((ensemble.argmax(1) == y).mean())
+    per_client = {c["client_id"]: c["test_accuracy"] for c in outcome.clients
+                  if c["test_accuracy"] is not None}
+    if outcome.test_aggregate is not None:
+        y = task.test_y.numpy()
+        record["ensemble_accuracy"] = float((outcome.test_aggregate.argmax(1) == y).mean())
     record["student_accuracy"] = per_client
-    record["student_accuracy_mean"] = float(np.mean(list(per_client.values())))
-    record["students"] = {r.client_id: r.student for r in valid}
+    record["student_accuracy_mean"] = (float(np.mean(list(per_client.values())))
+                                       if per_client else None)
+    record["students"] = {c["client_id"]: c["student"] for c in outcome.clients}
     return record

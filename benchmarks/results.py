@@ -32,7 +32,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "RESULTS.md"
 
 
-METHODS = ("federated-distillation", *BASELINES)
+# The same Flower pipeline with one switch flipped: the public-only ablation never uses a
+# private example (issue 9); non-private-fd trains the private data without DP.
+VARIANTS = {"federated-distillation": [], "public-only": ["private-training=false"],
+            "non-private-fd": ["dp=false"]}
+METHODS = (*VARIANTS, *BASELINES)
 
 
 def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
@@ -42,9 +46,10 @@ def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
     for method in methods:
         out = runs_dir / f"{preset}-s{seed}-{method}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = resolve_config(preset, None, [*sets, f"seed={seed}"], out)
+        extra = VARIANTS.get(method, [])
+        cfg = resolve_config(preset, None, [*sets, *extra, f"seed={seed}"], out)
         print(f"== {preset} seed {seed}: {method}", flush=True)
-        if method == "federated-distillation":
+        if method in VARIANTS:
             summary = finalize_summary(out.resolve(), run_simulation(cfg))
         else:
             summary = run_baseline(method, cfg)
@@ -129,6 +134,11 @@ READING = [
 ]
 
 
+def _row_key(row: dict[str, Any]) -> tuple[str, int, float]:
+    """One row per method, seed and ε budget: an ε sweep adds rows, a rerun replaces."""
+    return row["method"], row["seed"], float(row["privacy"]["budget"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="default")
@@ -145,9 +155,9 @@ def main() -> None:
         rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods)
     path = RESULTS / f"{args.preset}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
-    fresh = {(r["method"], r["seed"]) for r in rows}
-    rows = [r for r in old if (r["method"], r["seed"]) not in fresh] + rows
-    rows.sort(key=lambda r: (METHODS.index(r["method"]), r["seed"]))
+    fresh = {_row_key(r) for r in rows}
+    rows = [r for r in old if _row_key(r) not in fresh] + rows
+    rows.sort(key=lambda r: (-r["privacy"]["budget"], METHODS.index(r["method"]), r["seed"]))
     command = f"python benchmarks/results.py --preset {args.preset} --seeds {args.seeds}"
     command += "".join(f" --set {s}" for s in args.sets)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -107,3 +107,30 @@ def test_too_few_valid_replies_fail_the_run_with_a_clear_message(tmp_path: Path)
     message = " ".join(proc.stdout.split())
     assert "fewer than min-replies=2" in message
     assert not (out / "summary.json").exists()
+
+
+def test_secure_aggregation_with_two_clients_dropping_mid_round(tmp_path: Path) -> None:
+    """The quick preset under SecAgg+, 10 clients; 2 train, then fail before sending their
+    masked vector (after the key exchange): every round completes with the other 8."""
+    out = tmp_path / "secure"
+    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "quick",
+           "--out", str(out), "--set", "secure-aggregation=true", "--set", "num-clients=10",
+           "--set", "attack='raise'", "--set", "attack-fraction=0.2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in records[1:]:
+        assert record["secure_aggregation"] and record["sampled"] == 10
+        assert record["replies"] == 8, record
+        assert sorted(record["epsilon"]) == sorted(f"client-{k}" for k in range(2, 10))
+        assert any("2 client(s) dropped out of SecAgg+" in r["reason"]
+                   for r in record["rejected"])
+    final = records[-1]
+    assert 0 < final["ensemble_accuracy"] <= 1 and len(final["student_accuracy"]) == 8
+    log = (out / "flower.log").read_text()
+    assert "Secure aggregation completed" in log
+    # The dropped clients trained before failing: their ledgers hold the spent budget.
+    for k in (0, 1):
+        ledger = PrivacyLedger(out / "clients" / f"client-{k}" / "ledger.jsonl")
+        ledger.verify()
+        assert len(ledger.records()) == 2

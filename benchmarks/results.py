@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,8 +103,73 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{eps} ({p['budget']}) | {p['delta']:g} | {c['bytes_up']:,} | "
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
         lines.append("")
+        lines += contribution_table(data["rows"])
     lines += READING
     return "\n".join(lines) + "\n"
+
+
+MEASURES = (("teacher", "teacher_accuracy"), ("ensemble", "ensemble_accuracy"),
+            ("students", "student_accuracy_mean"))
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t interval (the interval is (nan, nan) for n < 2)."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
+    return mean, mean - half, mean + half
+
+
+def private_contribution(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
+    """FD(ε) − public-only, paired by seed, per ε budget: issue 9's measure.
+
+    The public-only ablation never trains on a private example, so it does not depend
+    on ε: one public-only run per seed serves every budget.
+    """
+    public = {r["seed"]: r["final"] for r in rows if r["method"] == "public-only"}
+    out: dict[float, dict[str, Any]] = {}
+    budgets = sorted({r["privacy"]["budget"] for r in rows
+                      if r["method"] == "federated-distillation"}, reverse=True)
+    for budget in budgets:
+        paired = [(r["final"], public[r["seed"]]) for r in rows
+                  if r["method"] == "federated-distillation"
+                  and r["privacy"]["budget"] == budget and r["seed"] in public]
+        if not paired:
+            continue
+        cell: dict[str, Any] = {"seeds": len(paired)}
+        for name, key in MEASURES:
+            diffs = [fd[key] - po[key] for fd, po in paired
+                     if fd.get(key) is not None and po.get(key) is not None]
+            cell[name] = mean_interval(diffs) if diffs else None
+        out[budget] = cell
+    return out
+
+
+def contribution_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The private contribution beside the accuracy, in points (markdown lines)."""
+    table = private_contribution(rows)
+    if not table:
+        return []
+    lines = ["**Private contribution** = federated distillation at ε − the public-only "
+             "ablation of the same seed (test accuracy, points; mean over seeds and 95% "
+             "Student-t interval):", "",
+             "| ε | seeds | teacher | ensemble | students |", "|---|---|---|---|---|"]
+    for budget, cell in table.items():
+        parts = []
+        for name, _ in MEASURES:
+            value = cell[name]
+            if value is None:
+                parts.append("—")
+                continue
+            mean, lo, hi = (100 * v for v in value)
+            interval = "" if np.isnan(lo) else f" [{lo:+.1f}, {hi:+.1f}]"
+            parts.append(f"{mean:+.1f}{interval}")
+        lines.append(f"| {budget:g} | {cell['seeds']} | " + " | ".join(parts) + " |")
+    return [*lines, ""]
 
 
 READING = [

@@ -28,7 +28,7 @@ from common.models import ModelConfig, build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, RoundPlan, to_array_record
 from common.task import PreparedTask, prepare_task
 from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
-from coordinator.aggregation import get_aggregator
+from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
     Checkpoint,
     capture_rng,
@@ -229,10 +229,10 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
         save_round_replies(Path(cfg.out_dir), plan.round, indices, [r.probs for r in valid],
                            [r.num_examples for r in valid], [r.client_id for r in valid])
     counts = [r.num_examples for r in valid]
-    aggregate = _aggregator(cfg)([r.probs for r in valid], counts) if valid else None
+    aggregate = aggregator_from_config(cfg)([r.probs for r in valid], counts) if valid else None
     test_aggregate = None
     if plan.evaluate and valid:
-        test_aggregate = _aggregator(cfg)([r.test_probs for r in valid], counts)
+        test_aggregate = aggregator_from_config(cfg)([r.test_probs for r in valid], counts)
     y = task.test_y.numpy()
     clients = [{
         "client_id": r.client_id, "node_id": r.node_id, "epsilon": r.epsilon,
@@ -269,8 +269,9 @@ def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: Prepared
         "test_accuracy": c["test-accuracy"] if c["test-accuracy"] >= 0 else None,
     } for c in result.clients]
     if result.dropped:
-        rejected.append({"node_id": None,
-                         "reason": f"{result.dropped} client(s) dropped out of SecAgg+"})
+        why = "; ".join(result.reasons) or "no reply"
+        rejected.append({"node_id": None, "reason": f"{result.dropped} client(s) dropped out "
+                                                    f"of SecAgg+: {why}"})
     entries = 1 + sum(rows * cols for rows, cols in shapes)  # weight + masked soft labels
     return RoundOutcome(aggregate, test_aggregate, clients, rejected,
                         len(clients) * entries * MASKED_ENTRY_BYTES)
@@ -334,15 +335,6 @@ def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m:
         else:
             valid.append(result)
     return valid, rejected
-
-
-def _aggregator(cfg: FedConfig):
-    params: dict[str, Any] = {}
-    if cfg.aggregation == "trimmed-mean":
-        params["trim_fraction"] = cfg.trim_fraction
-    if cfg.aggregation == "dsfl":
-        params["temperature"] = cfg.dsfl_temperature
-    return get_aggregator(cfg.aggregation, **params)
 
 
 def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcome,

@@ -123,6 +123,7 @@ class SecureOutcome:
     test_aggregate: np.ndarray | None  # (n_test, C) in evaluate rounds
     clients: list[dict[str, Any]]  # per contributing client: node id and metrics
     dropped: int  # sampled clients that left the protocol or whose reply was refused
+    reasons: list[str]  # why, as far as the error replies say (deduplicated)
 
 
 class _SoftLabelStrategy(FedAvg):
@@ -137,11 +138,13 @@ class _SoftLabelStrategy(FedAvg):
                          min_available_clients=num_clients, accept_failures=True,
                          on_fit_config_fn=lambda _rnd: dict(config))
         self.results: list[tuple[int, FitRes]] = []
+        self.reasons: list[str] = []
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
                       failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
         # ``failures`` is not a count of clients: Flower lists a lost masked vector twice.
         self.results = [(int(proxy.node_id), res) for proxy, res in results]
+        self.reasons = sorted({_reason(failure) for failure in failures})
         if not results:
             return None, {}
         return results[0][1].parameters, {}
@@ -186,7 +189,14 @@ def run_secure_round(
                         if len(shapes) > 1 else None),
         clients=[_client_metrics(node, res) for node, res in strategy.results],
         dropped=dropped,
+        reasons=strategy.reasons,
     )
+
+
+def _reason(failure: Any) -> str:
+    """The reason of an error reply, which the workflow wraps in an Exception."""
+    error = failure.args[0] if isinstance(failure, BaseException) and failure.args else failure
+    return str(getattr(error, "reason", None) or error)
 
 
 def _client_metrics(node_id: int, res: FitRes) -> dict[str, Any]:

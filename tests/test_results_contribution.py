@@ -1,0 +1,45 @@
+"""The private contribution of docs/RESULTS.md: FD(ε) − public-only, paired by seed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.results import contribution_table, mean_interval, private_contribution  # noqa: E402
+
+
+def _row(method: str, seed: int, budget: float, teacher: float) -> dict:
+    return {"method": method, "seed": seed, "privacy": {"budget": budget},
+            "final": {"teacher_accuracy": teacher, "ensemble_accuracy": 0.6,
+                      "student_accuracy_mean": None}}
+
+
+def test_mean_interval_matches_the_t_distribution() -> None:
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert hi - mean == pytest.approx(4.302653 * 1.0 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2)
+    assert lo == pytest.approx(2 * mean - hi)
+
+
+def test_contribution_is_paired_by_seed_and_split_by_budget() -> None:
+    rows = [_row("public-only", s, 8.0, 0.60 + 0.01 * s) for s in range(3)]
+    rows += [_row("federated-distillation", s, 8.0, 0.64 + 0.01 * s) for s in range(3)]
+    rows += [_row("federated-distillation", s, 1.0, 0.61 + 0.01 * s) for s in (0, 1)]
+    rows += [_row("federated-distillation", 5, 1.0, 0.99)]  # no public-only seed 5: unpaired
+    table = private_contribution(rows)
+    assert list(table) == [8.0, 1.0]
+    assert table[8.0]["seeds"] == 3 and table[1.0]["seeds"] == 2
+    assert table[8.0]["teacher"][0] == pytest.approx(0.04)
+    assert table[8.0]["teacher"][1] == pytest.approx(0.04)  # same gap every seed: no spread
+    assert table[1.0]["teacher"][0] == pytest.approx(0.01)
+    assert table[8.0]["ensemble"][0] == pytest.approx(0.0)
+    assert table[8.0]["students"] is None
+    text = "\n".join(contribution_table(rows))
+    assert "| 8 | 3 | +4.0 [+4.0, +4.0] | +0.0 [+0.0, +0.0] | — |" in text
+
+
+def test_no_public_only_rows_no_table() -> None:
+    assert contribution_table([_row("federated-distillation", 0, 8.0, 0.6)]) == []

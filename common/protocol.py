@@ -70,8 +70,7 @@ def from_array_record(content: RecordDict, name: str) -> dict[str, np.ndarray]:
     for key, value in arrays.items():
         if type(value) is not np.ndarray:  # np.load turns zip bytes into an NpzFile
             raise KnowledgeError(
-                f"array {key!r} of record {name!r} is a {type(value).__name__}, "
-                "not a numpy array"
+                f"array {key!r} of record {name!r} is a {type(value).__name__}, not a numpy array"
             )
     return arrays
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from common.config import AGGREGATIONS, FedConfig
 from common.errors import ConfigError
-from coordinator.aggregation import AGGREGATORS, get_aggregator
+from coordinator.aggregation import AGGREGATORS, aggregator_from_config, get_aggregator
+from coordinator.aggregation.filter import norm_filter
 
 Replies = list[np.ndarray]
 
@@ -212,7 +214,14 @@ def test_robust_rules_ignore_one_wild_client(name: str, params: dict[str, float]
 
 # ------------------------------------------------------------------------- errors
 def test_registry_names() -> None:
-    assert set(AGGREGATORS) == {"mean", "weighted-mean", "median", "trimmed-mean", "dsfl"}
+    assert set(AGGREGATORS) == {
+        "mean",
+        "weighted-mean",
+        "median",
+        "trimmed-mean",
+        "dsfl",
+        "norm-filter",
+    }
     # The module spelling works too, for the same rule.
     replies, counts = _replies(3, 2, 4, seed=1), [1, 5, 2]
     np.testing.assert_array_equal(
@@ -274,3 +283,161 @@ def test_bad_replies_raise_value_error(
 def test_weighted_mean_needs_positive_counts(counts: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         get_aggregator("weighted-mean")([np.ones((1, 2)) / 2] * 2, counts)
+
+
+# -------------------------------------------------------------------- norm-filter
+def _around(rng: np.random.Generator, truth: np.ndarray, concentration: float) -> np.ndarray:
+    """An honest student's reply: each row drawn from Dirichlet(concentration · truth row)."""
+    return np.stack([rng.dirichlet(concentration * row + 0.05) for row in truth])
+
+
+def _honest_and_colluders(
+    k: int = 10, attackers: int = 3, m: int = 40, c: int = 6, seed: int = 7
+) -> tuple[np.ndarray, Replies, Replies]:
+    """A truth (m, C), k - attackers noisy honest replies, and identical one-hot colluders
+    pushing class 0 (as ``client.attacks.poison(..., "collude")``)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.dirichlet(np.ones(c), size=m)
+    truth[:, 0] *= 0.1  # class 0 is unlikely, so pushing it is a real attack
+    truth /= truth.sum(axis=1, keepdims=True)
+    honest = [_around(rng, truth, 200) for _ in range(k - attackers)]
+    colluders = [np.eye(c)[np.zeros(m, dtype=int)] for _ in range(attackers)]
+    return truth, honest, colluders
+
+
+def test_norm_filter_resists_30_percent_colluding_one_hot_replies() -> None:
+    truth, honest, colluders = _honest_and_colluders()
+    counts = [50, 80, 120, 60, 90, 70, 40] + [200] * 3  # attackers claim large counts
+    replies = [*honest, *colluders]
+    honest_mean = ref_weighted_mean(honest, counts[:7])
+
+    filtered = get_aggregator("norm-filter")(replies, counts)
+    naive = get_aggregator("weighted-mean")(replies, counts)
+    assert filtered.dtype == np.float32 and filtered.shape == truth.shape
+    # Every colluder is dropped: exactly the honest weighted mean.
+    np.testing.assert_allclose(filtered, honest_mean, atol=1e-6)
+    assert np.abs(naive - honest_mean).max() > 0.3  # the plain mean is pulled to class 0
+    assert (naive.argmax(axis=1) == 0).mean() > 0.5
+    assert np.abs(filtered - truth).max() < 0.1  # and the honest mean is near the truth
+
+
+def test_norm_filter_keeps_every_identical_honest_reply() -> None:
+    """Distances all 0: the absolute floor keeps them (a pure ratio would be 0 * 2)."""
+    reply = _replies(1, 5, 4, seed=2)[0]
+    aggregate = get_aggregator("norm-filter")([reply] * 4, [1, 2, 3, 4])
+    np.testing.assert_allclose(aggregate, reply, atol=1e-6)
+
+
+def test_norm_filter_without_attack_is_the_weighted_mean() -> None:
+    _, honest, _ = _honest_and_colluders(k=6, attackers=0)
+    counts = [5, 9, 2, 7, 3, 8]
+    aggregate = get_aggregator("norm-filter")(honest, counts)
+    np.testing.assert_allclose(aggregate, ref_weighted_mean(honest, counts), atol=1e-6)
+
+
+def test_min_entropy_drops_confident_one_hot_replies() -> None:
+    """One-hot replies on *plausible* classes are close to the consensus in L1 when the
+    honest replies are confident; the entropy floor catches them all the same."""
+    rng = np.random.default_rng(11)
+    m, c = 30, 4
+    truth = np.full((m, c), 0.05)
+    truth[np.arange(m), rng.integers(0, c, size=m)] = 0.85
+    honest = [_around(rng, truth, 30) for _ in range(7)]
+    onehot = [np.eye(c)[truth.argmax(axis=1)] for _ in range(3)]
+    replies, counts = [*honest, *onehot], [10] * 10
+    entropy_honest = min(float(np.mean(-np.sum(h * np.log(h), axis=1))) for h in honest)
+    assert entropy_honest > 0.3
+
+    distance_only = get_aggregator("norm-filter")(replies, counts)
+    with_entropy = get_aggregator("norm-filter", min_entropy=0.1)(replies, counts)
+    honest_mean = ref_mean(honest, counts[:7])
+    assert np.abs(distance_only - honest_mean).max() > 0.02  # the one-hots got in
+    np.testing.assert_allclose(with_entropy, honest_mean, atol=1e-6)
+
+
+def test_norm_filter_falls_back_to_the_median_when_most_replies_are_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Five replies, each certain of a different class: the median row is uniform-ish and
+    # the entropy floor rejects all five, so fewer than half survive.
+    replies = [np.eye(5)[[k, (k + 1) % 5]] for k in range(5)]
+    counts = [1, 2, 3, 4, 5]
+    with caplog.at_level("DEBUG", logger="coordinator.aggregation.filter"):
+        aggregate = get_aggregator("norm-filter", min_entropy=0.5)(replies, counts)
+    np.testing.assert_allclose(aggregate, ref_median(replies, counts), atol=1e-6)
+    assert "falling back to the coordinate-wise median" in caplog.text
+
+
+def test_norm_filter_falls_back_when_distances_split_the_replies() -> None:
+    # 2 tight replies, 3 spread ones: with a small ratio only the tight pair is kept.
+    rng = np.random.default_rng(5)
+    base = rng.dirichlet(np.ones(4), size=8)
+    replies = [base, base, *(rng.dirichlet(np.ones(4), size=8) for _ in range(3))]
+    counts = [1] * 5
+    aggregate = get_aggregator("norm-filter", filter_ratio=0.01)(replies, counts)
+    np.testing.assert_allclose(aggregate, ref_median(replies, counts), atol=1e-6)
+
+
+NORM_FILTER_BAD = [
+    pytest.param({"filter_ratio": 0.0}, "filter_ratio.*0.0", id="ratio-0"),
+    pytest.param({"filter_ratio": -1}, "filter_ratio.*-1", id="ratio-neg"),
+    pytest.param({"filter_ratio": math.inf}, "filter_ratio.*inf", id="ratio-inf"),
+    pytest.param({"filter_ratio": math.nan}, "filter_ratio.*nan", id="ratio-nan"),
+    pytest.param({"filter_ratio": "2"}, "filter_ratio.*'2'", id="ratio-str"),
+    pytest.param({"filter_ratio": True}, "filter_ratio.*True", id="ratio-bool"),
+    pytest.param({"min_entropy": -0.1}, "min_entropy.*-0.1", id="entropy-neg"),
+    pytest.param({"min_entropy": math.nan}, "min_entropy.*nan", id="entropy-nan"),
+    pytest.param({"min_entropy": None}, "min_entropy.*None", id="entropy-none"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), NORM_FILTER_BAD)
+def test_norm_filter_rejects_bad_parameters(params: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        get_aggregator("norm-filter", **params)
+    with pytest.raises(ConfigError, match=message):
+        norm_filter([np.ones((1, 2)) / 2], [1], **params)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", AGGREGATIONS)
+def test_aggregator_from_config_builds_every_configured_rule(name: str) -> None:
+    cfg = FedConfig(
+        aggregation=name,
+        trim_fraction=0.3,
+        dsfl_temperature=0.25,
+        filter_ratio=3.0,
+        filter_min_entropy=0.2,
+    )
+    rule = aggregator_from_config(cfg)
+    assert isinstance(rule, AGGREGATORS[name])
+    expected = {
+        "trimmed-mean": {"trim_fraction": 0.3},
+        "dsfl": {"temperature": 0.25},
+        "norm-filter": {"filter_ratio": 3.0, "min_entropy": 0.2},
+    }.get(name, {})
+    for param, value in expected.items():
+        assert getattr(rule, param) == value
+    assert rule == get_aggregator(name, **expected)
+    replies, counts = _replies(3, 4, 5, seed=9), [3, 1, 2]
+    out = rule(replies, counts)
+    assert out.shape == (4, 5) and np.allclose(out.sum(axis=1), 1, atol=1e-6)
+
+
+def test_every_registered_rule_is_configurable() -> None:
+    assert set(AGGREGATIONS) == set(AGGREGATORS)
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"filter-ratio": 0}, "filter-ratio=0"),
+        ({"filter-ratio": -2.0}, "filter-ratio=-2.0"),
+        ({"filter-ratio": math.inf}, "filter-ratio=inf"),
+        ({"filter-min-entropy": -0.5}, "filter-min-entropy=-0.5"),
+        ({"filter-min-entropy": math.nan}, "filter-min-entropy=nan"),
+    ],
+)
+def test_run_config_validates_norm_filter_keys(values: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        FedConfig.from_mapping(values)
+    assert fragment in str(info.value)

@@ -198,10 +198,10 @@ def _checked_payload(arrays: object, encoding: str) -> dict[str, np.ndarray]:
     layout = _LAYOUT[encoding]
     try:
         keys = list(arrays.keys())
-    except Exception as exc:  # a hostile Mapping; nothing to salvage
+        missing = sorted(k for k in layout if k not in keys)
+        extra = sorted(_key_repr(k) for k in keys if k not in layout)
+    except Exception as exc:  # a hostile Mapping or key (__eq__ raises); nothing to salvage
         raise KnowledgeError(f"payload keys cannot be read: {type(exc).__name__}") from exc
-    missing = sorted(k for k in layout if k not in keys)
-    extra = sorted(repr(k) for k in keys if k not in layout)
     if missing or extra:
         raise KnowledgeError(
             f"{encoding} payload must have keys {sorted(layout)}; "
@@ -209,7 +209,10 @@ def _checked_payload(arrays: object, encoding: str) -> dict[str, np.ndarray]:
         )
     payload: dict[str, np.ndarray] = {}
     for key, dtypes in layout.items():
-        value = arrays[key]
+        try:
+            value = arrays[key]
+        except Exception as exc:  # a hostile Mapping whose items cannot be read
+            raise KnowledgeError(f"'{key}' cannot be read: {type(exc).__name__}") from exc
         if not isinstance(value, np.ndarray):
             raise KnowledgeError(f"'{key}' must be a numpy array, found {type(value).__name__}")
         value = np.asarray(value)  # drop ndarray subclasses (matrix, masked, memmap)
@@ -218,6 +221,15 @@ def _checked_payload(arrays: object, encoding: str) -> dict[str, np.ndarray]:
             raise KnowledgeError(f"'{key}' has dtype {value.dtype}, expected {expected}")
         payload[key] = value
     return payload
+
+
+def _key_repr(key: object) -> str:
+    """A short repr for the log; some keys have none (e.g. ints past 4,300 digits)."""
+    try:
+        text = repr(key)
+    except Exception:
+        return f"<{type(key).__name__} without a repr>"
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:

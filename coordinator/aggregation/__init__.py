@@ -2,9 +2,11 @@
 
 An :data:`Aggregator` takes K validated replies, each an (m, C) matrix of probabilities,
 and the K clients' example counts, and returns the (m, C) aggregate with rows on the
-simplex (float32). Build one from the run config with :func:`get_aggregator`::
+simplex (float32). Build one by name with :func:`get_aggregator`, or from a parsed
+run config with :func:`aggregator_from_config`::
 
     aggregate = get_aggregator("trimmed-mean", trim_fraction=0.2)
+    aggregate = aggregator_from_config(cfg)  # cfg.aggregation with cfg's parameters
     knowledge = aggregate(replies, counts)
 """
 
@@ -12,18 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.errors import ConfigError
 from coordinator.aggregation.dsfl import DsFl
+from coordinator.aggregation.filter import NormFilter
 from coordinator.aggregation.mean import Mean
 from coordinator.aggregation.median import Median
 from coordinator.aggregation.trimmed_mean import TrimmedMean
 from coordinator.aggregation.weighted_mean import WeightedMean
 
-__all__ = ["AGGREGATORS", "Aggregator", "get_aggregator"]
+if TYPE_CHECKING:
+    from common.config import FedConfig
+
+__all__ = ["AGGREGATORS", "CONFIG_PARAMS", "Aggregator", "aggregator_from_config", "get_aggregator"]
 
 Aggregator = Callable[[Sequence[np.ndarray], Sequence[int]], np.ndarray]
 
@@ -35,6 +41,14 @@ AGGREGATORS: dict[str, type] = {
     "median": Median,
     "trimmed-mean": TrimmedMean,
     "dsfl": DsFl,
+    "norm-filter": NormFilter,
+}
+
+# Rule name → {rule parameter: FedConfig field}, for the rules that take parameters.
+CONFIG_PARAMS: dict[str, dict[str, str]] = {
+    "trimmed-mean": {"trim_fraction": "trim_fraction"},
+    "dsfl": {"temperature": "dsfl_temperature"},
+    "norm-filter": {"filter_ratio": "filter_ratio", "min_entropy": "filter_min_entropy"},
 }
 
 
@@ -64,3 +78,20 @@ def get_aggregator(name: str, **params: Any) -> Aggregator:
         )
     aggregator: Aggregator = rule(**params)
     return aggregator
+
+
+def aggregator_from_config(cfg: FedConfig) -> Aggregator:
+    """The rule ``cfg.aggregation`` with its parameters taken from ``cfg``.
+
+    The one place that maps run-config keys (``trim-fraction``, ``dsfl-temperature``,
+    ``filter-ratio``, ``filter-min-entropy``) onto rule parameters; see
+    :data:`CONFIG_PARAMS`.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`get_aggregator`.
+    """
+    mapping = CONFIG_PARAMS.get(cfg.aggregation, {})
+    params = {param: getattr(cfg, field) for param, field in mapping.items()}
+    return get_aggregator(cfg.aggregation, **params)

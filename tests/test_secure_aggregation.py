@@ -1,8 +1,8 @@
 """Secure aggregation: Flower's real SecAgg+ workflow and client mod, in one process.
 
-The coordinator's :func:`run_secure_round` drives the real ``SecAggPlusWorkflow``; a
-small in-process Grid hands each message to the real ClientApp of ``client/app.py``
-(its ``secaggplus_mod`` included) with one Context per node, as the SuperNodes would.
+The coordinator's :func:`run_secure_round` drives the real ``SecAggPlusWorkflow``; an
+in-process Grid (simulations/inprocess.py) hands each message to the real ClientApp of
+``client/app.py`` (its ``secaggplus_mod`` included) with one Context per node.
 A recording mod inside the SecAgg+ mod keeps each client's soft labels before masking,
 so the secure aggregate is compared with the plain weighted mean of the same replies.
 The whole path through Flower's Simulation Engine is in tests/test_simulation_e2e.py.
@@ -10,18 +10,15 @@ The whole path through Flower's Simulation Engine is in tests/test_simulation_e2
 
 from __future__ import annotations
 
-import copy
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.task_identity import TaskIdentity
 
 import client.app as client_app
 from common.config import FedConfig
@@ -30,35 +27,9 @@ from common.errors import ConfigError
 from common.protocol import RoundPlan
 from common.task import prepare_task
 from coordinator.secure import MODULUS, run_secure_round, secagg_settings
+from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
 
 RUN_ID = 7
-
-
-class InProcessGrid:
-    """Delivers each message to the ClientApp of its node; an exception is an error reply."""
-
-    def __init__(self, app: ClientApp, cfg: FedConfig, num_nodes: int) -> None:
-        self.app = app
-        self.contexts = {
-            100 + k: Context(run_id=RUN_ID, node_id=100 + k,
-                             node_config={"partition-id": k, "num-partitions": num_nodes},
-                             state=RecordDict(), run_config=cfg.to_run_config())
-            for k in range(num_nodes)
-        }
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.contexts)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # set by the SuperLink
-            msg = copy.deepcopy(msg)  # as if sent over the wire: a node never shares objects
-            try:
-                replies.append(self.app(msg, self.contexts[msg.metadata.dst_node_id]))
-            except Exception as exc:  # as a SuperNode reports a failed ClientApp
-                replies.append(Message(Error(code=1, reason=repr(exc)), reply_to=msg))
-        return replies
 
 
 def _recording_app(sent: dict[str, Any]) -> ClientApp:
@@ -78,12 +49,10 @@ def _recording_app(sent: dict[str, Any]) -> ClientApp:
 
 @pytest.fixture(autouse=True)
 def _task_identity():
-    """Messages take their run and sender from the process's task identity (set by Flower
-    in a real run); here the process plays the coordinator, node 0."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, 0, 1
+    """This process plays the coordinator, node 0, of run RUN_ID."""
+    saved = set_task_identity(RUN_ID)
     yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    restore_task_identity(saved)
 
 
 def _secure_round(tmp_path: Path, num_nodes: int, **overrides: Any):
@@ -97,7 +66,7 @@ def _secure_round(tmp_path: Path, num_nodes: int, **overrides: Any):
                                  cfg.encoding)
     plan = RoundPlan(1, "run-secure", 1, task.fingerprint, evaluate=True)
     sent: dict[int, Any] = {}
-    grid = InProcessGrid(_recording_app(sent), cfg, num_nodes)
+    grid = InProcessGrid(_recording_app(sent), cfg.to_run_config(), num_nodes, RUN_ID)
     server = Context(run_id=RUN_ID, node_id=0, node_config={}, state=RecordDict(),
                      run_config=cfg.to_run_config())
     shapes = [(len(indices), task.num_classes), (len(task.test_x), task.num_classes)]
@@ -165,7 +134,7 @@ def test_quantization_range_is_chosen_below_the_modulus() -> None:
 def test_overflowing_quantization_range_is_refused_with_the_reason() -> None:
     cfg = FedConfig(secure_aggregation=True, secagg_quantization_range=2**22)
     assert secagg_settings(cfg, 1000).quantization_range == 2**22
-    with pytest.raises(ConfigError, match=r"overflow the 2\^32 modulus.*1,100 × 4194304"):
+    with pytest.raises(ConfigError, match=r"overflow the 2\^32 modulus \(1100 × 4194304 = "):
         secagg_settings(cfg, 1100)
 
 
@@ -190,3 +159,22 @@ def test_robust_rules_need_the_replies_secure_aggregation_hides(rule: str) -> No
 def test_bad_secagg_values_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=key):
         FedConfig.from_mapping({"secure-aggregation": True, key: value})
+
+
+def test_overhead_benchmark_measures_both_arms_on_a_tiny_federation() -> None:
+    """benchmarks/secagg_overhead.py on 3 clients: both arms run and agree (no timing)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "secagg_overhead.py"
+    spec = importlib.util.spec_from_file_location("_secagg_overhead_test", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = bench.measure(3, rows=20, repeats=1)
+    assert row["secure_s"] > 0 and row["plain_s"] > 0
+    assert row["max_abs_error_secure"] <= 1e-5
+    assert row["uplink_bytes_per_client"]["secure_masked"] == (1 + 40) * 8
+    text = "\n".join(bench.section({"command": "c", "wall_seconds": 1.0, "rows": [row],
+                                    "settings": {"rows": 20, "repeats": 1},
+                                    "environment": {"cpus": 2, "torch": "t", "flwr": "f"}}))
+    assert "| 3 |" in text

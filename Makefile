@@ -34,7 +34,12 @@ clean:
 # Benchmarks (docs/BENCHMARKS.md): `make bench` reruns the CPU benchmarks (a few minutes)
 # and regenerates the page and its plots; `make bench-doc` only regenerates them from
 # benchmarks/results/*.json. The GPU benchmark runs elsewhere: benchmarks/run_gpu.sh.
-.PHONY: bench bench-doc
+# `make bench-privacy-utility` reruns benchmark 3's baselines (24 cells; long on a small
+# CPU machine: benchmarks/run_privacy_utility.sh runs them on a GPU machine) and the page;
+# its federated-distillation cells come from benchmarks/results.py (see docs/BENCHMARKS.md).
+# `make bench-scale` reruns benchmark 4 (real simulations of 10, 100 and 1000 clients; about
+# an hour or more on a shared 2-core machine) and the page.
+.PHONY: bench bench-doc bench-privacy-utility bench-scale
 
 bench: $(STAMP)
 	$(PY) benchmarks/dp_cost.py
@@ -42,4 +47,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/render.py
 
 bench-doc: $(STAMP)
+	$(PY) benchmarks/render.py
+
+bench-privacy-utility: $(STAMP)
+	$(PY) benchmarks/privacy_utility.py
+	$(PY) benchmarks/render.py
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/render.py

@@ -289,6 +289,44 @@ def plot_communication(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------- privacy-utility
+def _sibling(filename: str) -> Any:
+    """A benchmark script next to this one, loaded by path (Opacus installs a top-level
+    ``benchmarks`` package, so ``import benchmarks.x`` may find the wrong one)."""
+    import importlib.util
+    import sys
+
+    name = "_bench_" + filename.removesuffix(".py")
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def privacy_utility_section(results: dict[str, dict[str, Any]], plot_dir: Path | None,
+                            plot_prefix: str = "") -> list[str]:
+    """Benchmark 3, from ``privacy_utility.json`` and the FD rows of the preset files."""
+    return _sibling("privacy_utility.py").section(results.get("privacy_utility"), results,
+                                                  plot_dir, plot_prefix)
+
+
+# --------------------------------------------------------------------------- scale
+def scale_section(results: dict[str, dict[str, Any]], plot_dir: Path | None,
+                  plot_prefix: str = "") -> list[str]:
+    """Benchmark 4, rendered by ``benchmarks/scale.py``'s ``section`` from ``scale.json``."""
+    return _sibling("scale.py").section(results.get("scale"), plot_dir, plot_prefix)
+
+
+# ---------------------------------------------------------------- secure aggregation
+def secagg_section(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Benchmark 5, rendered by ``benchmarks/secagg_overhead.py``'s ``section``."""
+    return _sibling("secagg_overhead.py").section(results.get("secagg_overhead"))
+
+
 # ------------------------------------------------------------------------- document
 def render(results: dict[str, dict[str, Any]], plot_dir: Path | None,
            plot_prefix: str = "") -> str:
@@ -327,14 +365,9 @@ def render(results: dict[str, dict[str, Any]], plot_dir: Path | None,
     for name, data in sorted(comm.items()):
         out += communication_section(data, plot(f"bench_{name}.png", plot_communication, data))
         out.append("")
-    out += ["## 3. Privacy-utility", "", NOT_YET.format(
-        what="accuracy at ε ∈ {1, 3, 8, ∞} for federated distillation, DP-FedAvg, "
-        "centralized DP-SGD and local-only, on rotten-tomatoes and SST-2."),
-        "## 4. Scale", "", NOT_YET.format(
-        what="time per round and peak memory of the whole simulation for 10, 100 and 1000 "
-        "clients, and their growth with clients and public-batch size."),
-        "## 5. Secure aggregation", "", NOT_YET.format(
-        what="overhead vs plain aggregation at 10, 50 and 100 clients."),
+    out += ["## 3. Privacy-utility", "", *privacy_utility_section(results, plot_dir, plot_prefix),
+        "## 4. Scale", "", *scale_section(results, plot_dir, plot_prefix),
+        "## 5. Secure aggregation", "", *secagg_section(results),
         "## 6. GPU", "",
         "`benchmarks/gpu.py` runs benchmark 1 on CUDA (batches 64, 256, 1024; peak memory "
         "by `torch.cuda.max_memory_allocated`) and a small privacy-utility check (the "

@@ -53,7 +53,7 @@ from common.protocol import SECURE_REPLY_METRICS, RoundPlan, pack_secure_instruc
 
 MODULUS = 2**32  # Flower's largest modulus_range: masks are drawn in [0, 2^32)
 CLIPPING_RANGE = 1.0  # probabilities, and count-weighted probabilities, lie in [0, 1]
-MIN_QUANTIZATION = 2**16  # below this, one client's rounding error passes 1.5e-5
+MIN_QUANTIZATION = 2**16  # a step of 2c/Q = 3e-5: coarser would blur soft labels
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,6 @@ class SecAggSettings:
     quantization_range: int
     clipping_range: float = CLIPPING_RANGE
     modulus_range: int = MODULUS
-
-    @property
-    def error_bound(self) -> float:
-        """Worst absolute error of one aggregate entry due to quantization.
-
-        Each client's value is stochastically rounded to a step of 2c/Q; the weighted
-        mean divides the summed error by Σw ≥ (smallest weight)… bounded here per
-        client and unit weight: 2c/Q. The tests measure the real error (~1e-6).
-        """
-        return 2 * self.clipping_range / self.quantization_range
 
 
 def secagg_settings(cfg: FedConfig, num_clients: int) -> SecAggSettings:

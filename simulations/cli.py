@@ -17,6 +17,7 @@ from common.errors import ConfigError, FedistillError
 from simulations.audit_cli import audit_app
 from simulations.data_cli import data_app
 from simulations.deploy_cli import register_deploy_commands
+from simulations.robustness import register_robustness_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data", help="Inspect the registered datasets.")
 app.add_typer(audit_app, name="audit", help="Audit privacy: verify ledgers, report ε, MIA.")
 register_deploy_commands(app)  # certs, coordinator, node, node-data (simulations/deploy_cli.py)
+register_robustness_command(app)  # robustness (simulations/robustness.py)
 console = Console()
 
 

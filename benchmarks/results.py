@@ -86,7 +86,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     for preset, data in sorted(results.items()):
         env = data["environment"]
         lines += [f"## `{preset}` preset", "",
-                  f"Command: `{data['command']}`  ",
+                  "Commands (each adds or replaces its rows): "
+                  + "; ".join(f"`{c}`" for c in data.get("commands", [data.get("command")]))
+                  + "  ",
                   f"Environment: torch {env['torch']}, opacus {env['opacus']}, flwr "
                   f"{env['flwr']}, {env['device']}.", "",
                   "| method | seed | teacher (initial → final) | ensemble | students (mean) "
@@ -224,11 +226,14 @@ def main() -> None:
     fresh = {_row_key(r) for r in rows}
     rows = [r for r in old if _row_key(r) not in fresh] + rows
     rows.sort(key=lambda r: (-r["privacy"]["budget"], METHODS.index(r["method"]), r["seed"]))
-    command = f"python benchmarks/results.py --preset {args.preset} --seeds {args.seeds}"
-    command += "".join(f" --set {s}" for s in args.sets)
+    command = (f"python benchmarks/results.py --preset {args.preset} --seeds {args.seeds} "
+               f"--methods {','.join(methods)}" + "".join(f" --set {s}" for s in args.sets))
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
+    commands = [c for c in commands if c != command] + [command]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
-        {"command": command, "environment": environment(), "rows": rows}, indent=1))
+        {"commands": commands, "environment": environment(), "rows": rows}, indent=1))
     all_results = {p.stem: data for p in RESULTS.glob("*.json")
                    if "benchmark" not in (data := json.loads(p.read_text())) and "rows" in data}
     DOC.write_text(render(all_results))

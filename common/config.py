@@ -90,7 +90,7 @@ class FedConfig:
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
     # --- secure aggregation (Flower's SecAgg+; docs/THREAT_MODEL.md says what it hides)
     secure_aggregation: bool = False  # the coordinator sees only the sum of the replies
-    secagg_num_shares: float = 1.0  # shares per client: a share (<= 1) of the sampled, or a count
+    secagg_num_shares: float = 11.0  # neighbours per client: a count, or a share (<= 1) of all
     secagg_threshold: float = 0.6  # share (<= 1) of the shares needed to rebuild a mask, or a count
     secagg_max_weight: int = 5000  # example counts above it are capped (no overflow)
     secagg_quantization_range: int = 0  # 0 = the largest that cannot overflow the modulus

@@ -93,7 +93,7 @@ def secagg_settings(cfg: FedConfig, num_clients: int) -> SecAggSettings:
             f"(< {MIN_QUANTIZATION}: soft labels would lose more than 1e-5): sample fewer "
             "clients per round (clients-per-round) or raise the range.")
     return SecAggSettings(
-        num_shares=_share_or_count(cfg.secagg_num_shares),
+        num_shares=_neighbours(cfg.secagg_num_shares, num_clients),
         threshold=_share_or_count(cfg.secagg_threshold),
         max_weight=float(cfg.secagg_max_weight if cfg.aggregation == "weighted-mean" else 1),
         quantization_range=q,
@@ -103,6 +103,18 @@ def secagg_settings(cfg: FedConfig, num_clients: int) -> SecAggSettings:
 def _share_or_count(value: float) -> int | float:
     """Flower reads a float as a share of the sampled clients and an int as a count."""
     return float(value) if value <= 1 else int(value)
+
+
+def _neighbours(value: float, num_clients: int) -> int | float:
+    """Each client's neighbourhood: a count, capped at the clients sampled (then: all).
+
+    SecAgg+ keys and masks every pair of neighbours: with everyone a neighbour of
+    everyone (SecAgg) a round costs O(N^2) key agreements and masks, 1,378 s for 100
+    clients against 34 s with 11 neighbours (docs/BENCHMARKS.md, benchmark 5).
+    """
+    if value <= 1 or value >= num_clients:
+        return 1.0 if value >= num_clients else float(value)
+    return int(value)
 
 
 @dataclass(frozen=True)

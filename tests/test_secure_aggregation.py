@@ -131,6 +131,14 @@ def test_quantization_range_is_chosen_below_the_modulus() -> None:
         assert 2 * n * s.quantization_range >= MODULUS // 2  # not needlessly coarse
 
 
+def test_neighbourhood_is_a_count_capped_at_the_clients() -> None:
+    cfg = FedConfig(secure_aggregation=True)  # 11 neighbours by default
+    assert secagg_settings(cfg, 3).num_shares == 1.0  # fewer clients: all of them
+    assert secagg_settings(cfg, 10).num_shares == 1.0
+    assert secagg_settings(cfg, 100).num_shares == 11
+    assert secagg_settings(cfg.replace(secagg_num_shares=0.5), 100).num_shares == 0.5
+
+
 def test_overflowing_quantization_range_is_refused_with_the_reason() -> None:
     cfg = FedConfig(secure_aggregation=True, secagg_quantization_range=2**22)
     assert secagg_settings(cfg, 1000).quantization_range == 2**22

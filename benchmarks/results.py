@@ -106,6 +106,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
         lines.append("")
         lines += contribution_table(data["rows"])
+    lines += recipes_section(RESULTS)
     lines += READING
     return "\n".join(lines) + "\n"
 
@@ -172,6 +173,38 @@ def contribution_table(rows: list[dict[str, Any]]) -> list[str]:
             parts.append(f"{mean:+.1f}{interval}")
         lines.append(f"| {budget:g} | {cell['seeds']} | " + " | ".join(parts) + " |")
     return [*lines, ""]
+
+
+def recipes_section(folder: Path) -> list[str]:
+    """What DP recipes add to distilled students (``benchmarks/dp_recipes.py`` files)."""
+    files = sorted(folder.glob("dp_recipes*.json"))
+    if not files:
+        return []
+    import importlib.util
+
+    module = sys.modules.get("_dp_recipes")
+    if module is None:  # by path: Opacus installs a top-level ``benchmarks`` package
+        spec = importlib.util.spec_from_file_location("_dp_recipes", ROOT / "benchmarks" /
+                                                      "dp_recipes.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_dp_recipes"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    lines = ["## What a DP step adds to a distilled student", "",
+             "`benchmarks/dp_recipes.py`, in-process with the pipeline's own functions: "
+             "one student per client distilled from the round-0 teacher on the public set, "
+             "then each recipe spends the client's whole ε on its partition; test accuracy "
+             "of the students (mean) and of their ensemble, and the gain over the same "
+             "students without a private step (the public-only students), in points.", ""]
+    for path in files:
+        data = json.loads(path.read_text())
+        run = data["runs"][0]
+        sizes = run["partition_sizes"]
+        lines += [f"**{run.get('dataset', 'rotten-tomatoes')}, {run.get('clients', 10)} "
+                  f"clients ({min(sizes)}–{max(sizes)} private examples each), ε = "
+                  f"{run['epsilon']:g}** — `{data['command']}` ({data['wall_seconds']:.0f} s)",
+                  "", *module.table(data["runs"]), ""]
+    return lines
 
 
 READING = [

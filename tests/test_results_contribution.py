@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -43,3 +44,20 @@ def test_contribution_is_paired_by_seed_and_split_by_budget() -> None:
 
 def test_no_public_only_rows_no_table() -> None:
     assert contribution_table([_row("federated-distillation", 0, 8.0, 0.6)]) == []
+
+
+def test_recipes_section_renders_every_recipes_file(tmp_path: Path) -> None:
+    from benchmarks.results import recipes_section
+
+    run = {"seed": 0, "epsilon": 8.0, "dataset": "rotten-tomatoes", "clients": 2,
+           "partition_sizes": [3346, 3346],
+           "rows": [{"recipe": "none", "students": 0.6, "ensemble": 0.61, "gain_students": 0.0,
+                     "gain_ensemble": 0.0},
+                    {"recipe": "head", "students": 0.62, "ensemble": 0.64,
+                     "gain_students": 0.02, "gain_ensemble": 0.03}]}
+    (tmp_path / "dp_recipes-x.json").write_text(json.dumps(
+        {"benchmark": "dp_recipes", "command": "cmd", "wall_seconds": 3.0, "runs": [run]}))
+    text = "\n".join(recipes_section(tmp_path))
+    assert "2 clients (3346–3346 private examples each)" in text
+    assert "| head | 0.620 / 0.640 | +2.0 / +3.0 |" in text
+    assert recipes_section(tmp_path / "empty") == []

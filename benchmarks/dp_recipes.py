@@ -77,6 +77,8 @@ RECIPES = (
     Recipe("head, default at ε/8", epsilon_scale=1 / 8),
     Recipe("non-private fine-tune, all layers (reference)", trainable="all", epochs=3,
            lr=2e-3, epsilon_scale=0.0),
+    Recipe("non-private fine-tune, head only (reference)", trainable="head", epochs=3,
+           lr=2e-3, epsilon_scale=0.0),
 )
 
 
@@ -108,6 +110,11 @@ def _fine_tune(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recip
                cfg: FedConfig, seed: int) -> torch.nn.Module:
     model = copy.deepcopy(student)
     if recipe.epsilon_scale == 0:
+        if recipe.trainable == "head":  # the same capacity as head-only DP, without noise
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in model.head.parameters():
+                p.requires_grad_(True)
         train_supervised(model, x, y, epochs=int(recipe.epochs), lr=recipe.lr,
                          batch_size=recipe.batch, device=CPU, seed=seed)
         return model

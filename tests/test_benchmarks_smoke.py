@@ -281,7 +281,7 @@ def test_scale_rows_growth_and_target() -> None:
     assert g["public_batch"]["time_x"] == 4.0 and g["public_batch"]["batch_x"] == 20.0
     assert "time_fit" in g and "pss_fit" in g
     target = scale.evaluate_target(rows, 24_000.0)
-    assert target["met"] and "1000 clients ran 1 round(s)" in target["detail"]
+    assert target["met"] and "1,000 clients ran 1 round(s)" in target["detail"]
     failed = dict(one, ok=False, error="SimulationError: boom")
     assert not scale.evaluate_target([row, failed], 24_000.0)["met"]
     assert not scale.evaluate_target([row], 24_000.0)["met"]

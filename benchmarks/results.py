@@ -227,10 +227,18 @@ READING = [
     "`../shared/notes/DP-UTILITY.md` measured: DP-SGD from scratch learns nothing useful "
     "here at ε ≤ 8. Federated distillation starts every student from the teacher's "
     "knowledge on public data, which costs no ε, and is the only private row above it.",
-    "- What this table does not show yet: how much of the gain comes from the clients' "
-    "private data rather than from distillation on public data alone (the `public-only` "
-    "ablation, `--set private-training=false`), over several seeds. One seed; differences "
-    "under about 1.5 points are noise on this test set.",
+    "- **public-only** is the same Flower pipeline with the clients' private training "
+    "switched off (`--set private-training=false`): no private example is ever used. The "
+    "*private contribution* table under each preset is federated distillation minus that "
+    "ablation, paired by seed: what the clients' DP-trained private data added. On the "
+    "default task, read its interval: where it spans 0, the teacher's gain over its "
+    "round-0 accuracy came from distillation on public data, as "
+    "`../shared/notes/DP-UTILITY.md` warned. The DP-recipes section shows where the "
+    "private signal is lost: compare each DP recipe's gain with the non-private "
+    "fine-tunes of the same students on the same partitions.",
+    "- **non-private-fd** (where present) trains the private data without DP (`dp=false`).",
+    "- The round-0 teacher varies with the seed (see *teacher initial*); single-seed "
+    "differences under about 1.5 points are noise on these test sets.",
     "",
 ]
 

@@ -181,6 +181,21 @@ def poison_replies(
     return out
 
 
+def teacher_scores(model: Any, x: Any, y: Any, *, device: Any) -> tuple[float, float]:
+    """Test accuracy (as ``common.training.evaluate_accuracy``) and balanced accuracy.
+
+    Balanced accuracy is the mean per-class recall: a teacher that predicts one class
+    scores 1/C whatever the class shares, where its accuracy is that class's share.
+    """
+    from common.training import predict_logits
+
+    pred = predict_logits(model, x, device=device).argmax(dim=1)
+    y = y.cpu()
+    accuracy = float((pred == y).float().mean())
+    recalls = [float((pred[y == c] == c).float().mean()) for c in y.unique().tolist()]
+    return accuracy, float(np.mean(recalls))
+
+
 def training_targets(aggregate: np.ndarray, teacher_targets: str) -> np.ndarray:
     """What the teacher update consumes of an aggregate: its arg-max, or all of it."""
     if teacher_targets == "hard":
@@ -200,6 +215,7 @@ def _chain(previous: str, rnd: int, targets: np.ndarray) -> str:
 class CellResult:
     cell: Cell
     accuracy_by_round: list[float] = field(default_factory=list)  # after each replayed round
+    balanced_by_round: list[float] = field(default_factory=list)  # mean per-class recall
     changed_labels: list[float] = field(default_factory=list)  # vs the rule without attack
 
     @property
@@ -213,6 +229,8 @@ class CellResult:
             "fraction": self.cell.fraction,
             "accuracy": self.accuracy,
             "accuracy_by_round": self.accuracy_by_round,
+            "balanced_accuracy": self.balanced_by_round[-1],
+            "balanced_accuracy_by_round": self.balanced_by_round,
             "changed_labels": self.changed_labels,
         }
 
@@ -244,7 +262,7 @@ def replay(
     from common.device import resolve_device
     from common.models import build_model
     from common.task import prepare_task
-    from common.training import evaluate_accuracy, train_supervised
+    from common.training import train_supervised
     from coordinator.aggregation import aggregator_from_config
     from coordinator.app import _teacher_config, _update_teacher
 
@@ -281,7 +299,7 @@ def replay(
         )
     rng_state = torch.get_rng_state()
     teacher.load_state_dict(round0)
-    acc0 = evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
+    acc0, _ = teacher_scores(teacher, task.test_x, task.test_y, device=device)
     say(
         f"round-0 teacher: test accuracy {acc0:.4f}; replaying rounds "
         f"{[r.round for r in recorded]} for {len(cells)} cells"
@@ -324,7 +342,7 @@ def replay(
             moved[cell] = key
 
         new_states: dict[str, dict[str, torch.Tensor]] = {}
-        accuracy: dict[str, float] = {}
+        accuracy: dict[str, tuple[float, float]] = {}
         after_rng = None
         for n, (key, (previous, rule_cfg, aggregate)) in enumerate(pending.items(), 1):
             t0 = time.monotonic()
@@ -336,19 +354,20 @@ def replay(
                 say("warning: teacher updates drew different amounts of randomness")
             after_rng = after
             new_states[key] = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-            accuracy[key] = evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
+            accuracy[key] = teacher_scores(teacher, task.test_x, task.test_y, device=device)
             update_seconds += time.monotonic() - t0
             updates += 1
             say(
                 f"round {rr.round}: update {n}/{len(pending)} ({rule_cfg.aggregation}) "
-                f"accuracy {accuracy[key]:.4f} in {time.monotonic() - t0:.1f}s "
+                f"accuracy {accuracy[key][0]:.4f} in {time.monotonic() - t0:.1f}s "
                 f"[{time.monotonic() - start:.0f}s total]"
             )
         rng_state = after_rng if after_rng is not None else rng_state
         states = new_states
         for cell in cells:
             position[cell] = moved[cell]
-            results[cell].accuracy_by_round.append(accuracy[moved[cell]])
+            results[cell].accuracy_by_round.append(accuracy[moved[cell]][0])
+            results[cell].balanced_by_round.append(accuracy[moved[cell]][1])
 
     return Replay(
         rounds=[r.round for r in recorded],
@@ -364,8 +383,14 @@ def replay(
 
 
 # ---------------------------------------------------------------------------- verdicts
-def accuracy_table(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float], float]:
-    return {(r["rule"], r["attack"], float(r["fraction"])): float(r["accuracy"]) for r in results}
+def accuracy_table(
+    results: Sequence[dict[str, Any]], metric: str = "accuracy"
+) -> dict[tuple[str, str, float], float]:
+    return {
+        (r["rule"], r["attack"], float(r["fraction"])): float(r[metric])
+        for r in results
+        if metric in r
+    }
 
 
 def target_fraction(fractions: Sequence[float]) -> float:
@@ -448,12 +473,20 @@ def replay_verdict(
         table[(best, attack, fraction)],
         table[("mean", attack, fraction)],
     )
+    balanced = accuracy_table(results, "balanced_accuracy")
+    cells = [(ref_rule, NO_ATTACK, 0.0), (best, attack, fraction), ("mean", attack, fraction)]
     return {
         "attack": attack,
         "fraction": fraction,
         "best_rule": best,
         "reference_rule": ref_rule,
         **check,
+        # the same cells in balanced accuracy (not the issue's metric; see the doc)
+        "balanced": (
+            target_check(*(balanced[c] for c in cells))
+            if all(c in balanced for c in cells)
+            else None
+        ),
     }
 
 
@@ -464,6 +497,31 @@ def _pct(x: float | None) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _balanced_line(check: dict[str, Any] | None, where: str) -> list[str]:
+    if not check:
+        return []
+    return [
+        "",
+        f"The same comparison in balanced accuracy (not the issue's metric; it does not "
+        f"reward a teacher for collapsing onto the majority class), {where}: the best robust "
+        f"rule {_below(check['robust_drop'])} no attack, the mean {_below(check['mean_drop'])};"
+        f" the target's two conditions would be {_yes(check['robust_within'])} and "
+        f"{_yes(check['mean_outside'])}, so met: {_yes(check['met'])}.",
+    ]
+
+
+def _rounds(n: int) -> str:
+    return f"{n} round" if n == 1 else f"{n} rounds"
+
+
+def _below(drop: float) -> str:
+    """A drop in accuracy (a fraction) as words: "2.9 points below", "0.4 points above"."""
+    points = round(100 * drop, 1)
+    if points == 0:
+        return "level with"
+    return f"{abs(points):.1f} points {'below' if points > 0 else 'above'}"
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -480,9 +538,27 @@ def render_markdown(result: dict[str, Any]) -> str:
     se = 100 * (0.25 / n_test) ** 0.5 if n_test else float("nan")
     verdict = result.get("verdict")
     timing = result["timing"]
-    clean_text = f"{timing['simulation_seconds'] / 60:.1f} min"
+    majority = setup.get("majority_share")
+    majority_text = ""
+    if majority:
+        majority_text = (
+            f" The test set's most common class is {_pct(majority)}% of it: a teacher that "
+            f"predicts only that class scores {_pct(majority)} accuracy."
+        )
+    parts = (
+        f"the replay {rp['seconds'] / 60:.1f} min, the confirmation runs "
+        f"{timing['confirm_seconds'] / 60:.1f} min"
+    )
     if timing.get("clean_run_reused"):
-        clean_text += " (made by an earlier call, reused here, not in the total)"
+        wall = (
+            f"{timing['total_seconds'] / 60:.1f} min for this call ({parts}); the clean "
+            f"simulation it reused took {timing['simulation_seconds'] / 60:.1f} min"
+        )
+    else:
+        wall = (
+            f"{timing['total_seconds'] / 60:.1f} min in all (the clean simulation "
+            f"{timing['simulation_seconds'] / 60:.1f} min, {parts})"
+        )
     lines = [
         "# Robustness of the aggregation rules",
         "",
@@ -494,9 +570,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Environment: torch {env['torch']}, flwr {env['flwr']}, opacus {env['opacus']}, "
         f"Python {env['python']}, {env['cpus']} CPU(s) (load average {env['load_average']} "
         f"at the start), torch threads {env.get('torch_threads', '?')}, device {env['device']}.  ",
-        f"Seed: {setup['seed']}. Wall time: {timing['total_seconds'] / 60:.1f} min in all "
-        f"(the clean simulation {clean_text}, the replay {rp['seconds'] / 60:.1f} min, the "
-        f"confirmation runs {timing['confirm_seconds'] / 60:.1f} min).",
+        f"Seed: {setup['seed']}. Wall time: {wall}.",
         "",
         "## How it is measured: a replay",
         "",
@@ -506,7 +580,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "runs with no attack and `save-replies=true`: every round's validated replies and "
         f"the pre-trained teacher are kept (`{setup['clean_run']}`).",
         "2. Each cell starts from that round-0 teacher and replays the first "
-        f"{len(rp['rounds'])} recorded round(s) in order: the replies of the clients a real "
+        f"{_rounds(len(rp['rounds']))} recorded, in order: the replies of the clients a real "
         "run with that `attack-fraction` makes malicious (the first partition ids, "
         "`client/attacks.py is_malicious`) are replaced by `poison(...)` exactly as a "
         "malicious client does (same seed, same wire encoding); the cell's rule aggregates "
@@ -522,11 +596,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         "real attacked run the honest students would also distil from the damaged teacher "
         "in the next round, so damage compounds across rounds; the replay shows only the "
         "direct effect of the poisoned replies on the teacher, round after round. Round 1 "
-        "is exact (every client's reply there depends only on the round-0 teacher); later "
-        "rounds are a lower bound on the damage. The confirmation runs below go through "
-        "the real pipeline.",
+        "is not approximated (there the honest clients learn from the untouched round-0 "
+        "teacher, as in an attacked run); later rounds are a lower bound on the damage. "
+        "The confirmation runs below go through the real pipeline.",
         "",
-        f"## Teacher accuracy (%) after {len(rp['rounds'])} replayed round(s)",
+        f"## Teacher accuracy (%) after {_rounds(len(rp['rounds']))} replayed",
         "",
         f"Round-0 teacher: {_pct(rp['round0_accuracy'])}. Attacks: `flip` reverses the "
         "class order, `noise` sends uniform noise on the simplex, `wrong-onehot` puts all "
@@ -558,8 +632,23 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"One test example is {100 / n_test:.2f} points; the standard error of one accuracy "
         f"is about {se:.1f} points (one seed), so differences under about "
-        f"{2 * se:.0f} points are noise.",
+        f"{2 * se:.0f} points are noise.{majority_text}",
         "",
+    ]
+    balanced = accuracy_table(rp["cells"], "balanced_accuracy")
+    if balanced:
+        lines += [
+            "Balanced accuracy (%, the mean of the per-class recalls: a teacher that predicts "
+            "one class scores 50 on two classes, whatever the class shares), same cells:",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        for rule in rules:
+            row = [f"`{rule}`"] + [_pct(balanced.get((rule, a, f))) for a, f in cols]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
         "Share of the public batch (%) whose pseudo-label the attack changed (against the "
         "same rule without attack, mean over the replayed rounds):",
         "",
@@ -589,11 +678,20 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"({_pct(verdict['robust'])}).",
             f"- No attack (`{verdict['reference_rule']}`, the configured rule, replayed): "
             f"{_pct(verdict['no_attack'])}.",
-            f"- Replay: {verdict['best_rule']} is {100 * verdict['robust_drop']:+.1f} points "
-            f"below no attack (within 3: {_yes(verdict['robust_within'])}); the mean "
-            f"{100 * verdict['mean_drop']:+.1f} (outside 3: {_yes(verdict['mean_outside'])}). "
+            f"- Replay: {verdict['best_rule']} is {_below(verdict['robust_drop'])} no attack "
+            f"(within 3 points: {_yes(verdict['robust_within'])}); the mean is "
+            f"{_below(verdict['mean_drop'])} (more than 3 points below: "
+            f"{_yes(verdict['mean_outside'])}). "
             f"**Target met in the replay: {_yes(verdict['met'])}.**",
         ]
+        clean = setup.get("clean_run_accuracy_by_round") or []
+        if len(clean) > 1:
+            lines.append(
+                f"- For scale: without attack the recorded teacher moved between "
+                f"{_pct(min(clean[1:]))} and {_pct(max(clean[1:]))} over rounds 1–"
+                f"{len(clean) - 1}, and one accuracy's standard error is about {se:.1f} points."
+            )
+        lines += _balanced_line(verdict.get("balanced"), "replay")
         if verdict["fraction"] != TARGET_FRACTION:
             lines.append(f"- The grid had no 30% cell; the largest fraction, {frac}, stood in.")
     confirm = result.get("confirm")
@@ -604,28 +702,35 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += [
             f"Real Flower simulations of the `{setup['preset']}` preset, "
             f"`attack={confirm['attack']}`, `attack-fraction={confirm['fraction']:g}`: the "
-            "honest students here do learn from the attacked teacher.",
+            "honest students here do learn from the attacked teacher. *final balanced* and "
+            "*largest predicted class* are of the run's final `teacher.pt` on the test set "
+            "(100% = the teacher predicts one class only).",
             "",
             "| run | aggregation | attack | teacher accuracy by round (%) | final | drop (points) "
-            "| wall min |",
-            "|---|---|---|---|---|---|---|",
+            "| final balanced | largest predicted class (%) | wall min |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for run in confirm["runs"]:
             by_round = " → ".join(_pct(a) for a in run["accuracy_by_round"])
             drop = 100 * (confirm["no_attack"] - run["accuracy"])
+            attack = run["attack"]
+            if attack != NO_ATTACK:
+                attack += f" {100 * run['fraction']:g}%"
             lines.append(
-                f"| `{run['dir']}` | `{run['aggregation']}` | {run['attack']} "
-                f"{100 * run['fraction']:g}% | {by_round} | {_pct(run['accuracy'])} | "
-                f"{drop:+.1f} | {run['seconds'] / 60:.1f} |"
+                f"| `{run['dir']}` | `{run['aggregation']}` | {attack} | {by_round} | "
+                f"{_pct(run['accuracy'])} | {drop:+.1f} | {_pct(run.get('balanced_accuracy'))} "
+                f"| {_pct(run.get('top_class_share'))} | {run['seconds'] / 60:.1f} |"
             )
         check = confirm["check"]
         lines += [
             "",
-            f"Best robust rule ({confirm['best_rule']}) {100 * check['robust_drop']:+.1f} points "
-            f"below the clean run (within 3: {_yes(check['robust_within'])}); the plain mean "
-            f"{100 * check['mean_drop']:+.1f} (outside 3: {_yes(check['mean_outside'])}). "
+            f"The best robust rule ({confirm['best_rule']}) ends {_below(check['robust_drop'])} "
+            f"the clean run (within 3 points: {_yes(check['robust_within'])}); the plain mean "
+            f"ends {_below(check['mean_drop'])} (more than 3 points below: "
+            f"{_yes(check['mean_outside'])}). "
             f"**Target met in the real pipeline: {_yes(check['met'])}.**",
         ]
+        lines += _balanced_line(confirm.get("balanced"), "real pipeline")
     fid = result["fidelity"]
     lines += ["", "## Checks", ""]
     if fid["recorded"]:
@@ -642,7 +747,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "between processes; the RNG draws are the same)."
         )
     lines += [
-        f"- Cost: {len(rp['cells'])} cells × {len(rp['rounds'])} round(s) = "
+        f"- Cost: {len(rp['cells'])} cells × {_rounds(len(rp['rounds']))} = "
         f"{rp['cell_rounds']} cell-rounds took {rp['updates']} teacher updates (cells whose "
         f"targets coincide share one): {timing['seconds_per_update']:.1f} s wall per update "
         f"with its evaluation, {timing['seconds_per_cell']:.1f} s wall per cell on average, "
@@ -733,17 +838,21 @@ def run_robustness(
     json_path: Path,
     num_cpus: int = 1,
     say: Callable[[str], None] = print,
+    reuse_runs: bool = False,
 ) -> dict[str, Any]:
     """The whole harness: clean run (or reuse), replay grid, verdict, confirm, write.
 
     The JSON and the Markdown are written once the replay is done and again after the
-    confirmation runs, so hours of replay survive a failed confirmation.
+    confirmation runs, so hours of replay survive a failed confirmation. With
+    ``reuse_runs`` a finished real run of exactly the configuration a step needs, in its
+    directory under ``work_dir``, is used instead of running it again.
     """
     from common.config import FedConfig as _FedConfig
     from common.config import load_toml
 
     start = time.monotonic()
     env = environment()
+    clean_reused = replies_from is not None
     if replies_from is not None:
         run_dir = Path(replies_from)
         cfg = _FedConfig.from_mapping(load_toml(run_dir / "run_config.toml"))
@@ -758,7 +867,12 @@ def run_robustness(
             secure_aggregation=False,
             out_dir=str(run_dir),
         )
-        simulation_seconds = _run_real(clean, say, num_cpus)
+        seconds = finished_run_seconds(clean) if reuse_runs else None
+        if seconds is not None and (run_dir / "teacher-round0.pt").exists():
+            say(f"reusing the finished clean run in {run_dir} (same configuration)")
+            simulation_seconds, clean_reused = seconds, True
+        else:
+            simulation_seconds = _run_real(clean, say, num_cpus)
         cfg = clean
     cells = cell_grid(rules, attacks, fractions)
     result_replay = replay(cfg, run_dir, cells, rounds=rounds, say=say)
@@ -796,7 +910,7 @@ def run_robustness(
             "fractions": list(fractions),
             "clean_run": str(run_dir),
             "clean_run_accuracy_by_round": recorded,
-            "test_examples": _test_size(cfg),
+            **_test_facts(cfg),
         },
         "replay": {
             "rounds": result_replay.rounds,
@@ -818,7 +932,7 @@ def run_robustness(
         "timing": {
             "total_seconds": time.monotonic() - start,
             "simulation_seconds": simulation_seconds,
-            "clean_run_reused": replies_from is not None,
+            "clean_run_reused": clean_reused,
             "confirm_seconds": 0.0,
             "seconds_per_update": result_replay.update_seconds / max(result_replay.updates, 1),
             "seconds_per_cell": result_replay.seconds / max(len(cells), 1),
@@ -839,6 +953,7 @@ def run_robustness(
             work_dir=work_dir,
             num_cpus=num_cpus,
             say=say,
+            reuse_runs=reuse_runs,
         )
         result["timing"]["confirm_seconds"] = time.monotonic() - t0
         result["timing"]["total_seconds"] = time.monotonic() - start
@@ -857,6 +972,7 @@ def confirm_runs(
     work_dir: Path,
     num_cpus: int,
     say: Callable[[str], None],
+    reuse_runs: bool = False,
 ) -> dict[str, Any]:
     """Real simulations of the headline cell with the plain mean and the best robust rule."""
     attack, fraction = verdict["attack"], verdict["fraction"]
@@ -880,7 +996,12 @@ def confirm_runs(
             save_replies=False,
             out_dir=str(out),
         )
-        seconds = _run_real(real, say, num_cpus)
+        seconds = finished_run_seconds(real) if reuse_runs else None
+        reused = seconds is not None
+        if reused:
+            say(f"reusing the finished run in {out} (same configuration)")
+        else:
+            seconds = _run_real(real, say, num_cpus)
         by_round = _read_teacher_accuracy(out)
         runs.append(
             {
@@ -891,8 +1012,14 @@ def confirm_runs(
                 "accuracy": by_round[-1],
                 "accuracy_by_round": by_round[1:],
                 "seconds": seconds,
+                "reused": reused,
             }
         )
+    for run in runs:
+        run.update(final_teacher_scores(cfg, Path(run["dir"])))
+    balanced = None
+    if all(r["balanced_accuracy"] is not None for r in runs):
+        balanced = target_check(*(r["balanced_accuracy"] for r in (runs[0], runs[2], runs[1])))
     return {
         "attack": attack,
         "fraction": fraction,
@@ -900,6 +1027,7 @@ def confirm_runs(
         "no_attack": recorded[-1],
         "runs": runs,
         "check": target_check(recorded[-1], runs[2]["accuracy"], runs[1]["accuracy"]),
+        "balanced": balanced,
     }
 
 
@@ -919,10 +1047,54 @@ def _recorded_wall_seconds(run_dir: Path) -> float:
         return 0.0
 
 
-def _test_size(cfg: FedConfig) -> int:
+def _test_facts(cfg: FedConfig) -> dict[str, Any]:
+    """Test-set size and the share of its most common class (a constant teacher's score)."""
     from common.task import prepare_task
 
-    return len(prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len).test_x)
+    y = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len).test_y.numpy()
+    share = float(np.bincount(y).max() / len(y)) if len(y) else None
+    return {"test_examples": len(y), "majority_share": share}
+
+
+def final_teacher_scores(cfg: FedConfig, run_dir: Path) -> dict[str, float | None]:
+    """Balanced accuracy and largest predicted-class share of a run's final ``teacher.pt``."""
+    import torch
+
+    from common.models import build_model
+    from common.task import prepare_task
+    from common.training import predict_logits
+    from coordinator.app import _teacher_config
+
+    path = Path(run_dir) / "teacher.pt"
+    if not path.exists():
+        return {"balanced_accuracy": None, "top_class_share": None}
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    teacher = build_model(_teacher_config(cfg, task))
+    teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    device = torch.device("cpu")
+    _, balanced = teacher_scores(teacher, task.test_x, task.test_y, device=device)
+    pred = predict_logits(teacher, task.test_x, device=device).argmax(dim=1).numpy()
+    return {
+        "balanced_accuracy": balanced,
+        "top_class_share": float(np.bincount(pred).max() / len(pred)),
+    }
+
+
+def finished_run_seconds(cfg: FedConfig) -> float | None:
+    """Wall seconds of a finished run of exactly ``cfg`` in ``cfg.out_dir``, else None."""
+    from common.config import FedConfig as _FedConfig
+    from common.config import load_toml
+    from common.errors import ConfigError
+
+    out = Path(cfg.out_dir)
+    try:
+        saved = _FedConfig.from_mapping(load_toml(out / "run_config.toml"))
+    except (ConfigError, OSError):
+        return None
+    if saved.replace(out_dir="") != cfg.replace(out_dir=""):
+        return None
+    seconds = _recorded_wall_seconds(out)
+    return seconds if seconds > 0 and (out / "teacher.pt").exists() else None
 
 
 def _split(text: str) -> list[str]:
@@ -977,6 +1149,17 @@ def register_robustness_command(app: typer.Typer) -> None:
                 "bit-exact; 1 is much faster on a busy machine, within float rounding)."
             ),
         ] = 0,
+        reuse_runs: Annotated[
+            bool,
+            typer.Option(
+                "--reuse-runs",
+                help="Use finished real runs of the same configuration in --work-dir "
+                "instead of running them again.",
+            ),
+        ] = False,
+        render: Annotated[
+            bool, typer.Option("--render", help="Only rewrite --doc from --json; run nothing.")
+        ] = False,
     ) -> None:
         """Teacher accuracy per aggregation rule × attack × fraction (docs/ROBUSTNESS.md)."""
         from client.attacks import POISONING
@@ -984,6 +1167,10 @@ def register_robustness_command(app: typer.Typer) -> None:
         from coordinator.aggregation import AGGREGATORS
         from simulations.cli import console, resolve_config
 
+        if render:
+            doc.write_text(render_markdown(json.loads(json_out.read_text())))
+            console.print(f"wrote {doc} from {json_out}")
+            return
         attack_list = _split(attacks)
         bad = [a for a in attack_list if a not in POISONING]
         if bad:
@@ -1017,6 +1204,8 @@ def register_robustness_command(app: typer.Typer) -> None:
             parts.append(f"--rules {rules}")
         if confirm:
             parts.append("--confirm")
+        if reuse_runs:
+            parts.append("--reuse-runs")
         if threads:
             import torch
 
@@ -1037,4 +1226,5 @@ def register_robustness_command(app: typer.Typer) -> None:
             json_path=json_out,
             num_cpus=num_cpus,
             say=lambda text: console.print(text, markup=False, highlight=False),
+            reuse_runs=reuse_runs,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from simulations.robustness import (
     best_robust_rule,
     cell_grid,
     default_rules,
+    finished_run_seconds,
     malicious_mask,
     poison_replies,
     render_markdown,
@@ -26,6 +28,7 @@ from simulations.robustness import (
     run_robustness,
     strongest_attack,
     target_check,
+    teacher_scores,
 )
 
 POS = [
@@ -251,6 +254,8 @@ def test_markdown_states_the_computed_verdict_and_the_rerun_command() -> None:
     assert "| rule | no attack | flip 30% | collude 30% |" in text
     assert "| `norm-filter` | 63.0 | 62.0 | 63.0 |" in text
     assert "**Target met in the replay: yes.**" in text
+    assert "norm-filter is 1.0 points below no attack" in text
+    assert "the mean is 19.0 points below" in text
     assert "**collude**" in text and "**norm-filter**" in text
     assert "fedistill robustness --preset default" in text
     assert "understates" in text and "torch 2.x" in text
@@ -299,7 +304,7 @@ def test_markdown_lists_the_confirmation_runs() -> None:
         ],
     }
     text = render_markdown(_result(None, confirm))
-    assert "| `m` | `mean` | collude 30% | 50.0 → 45.0 | 45.0 | +18.0 | 5.0 |" in text
+    assert "| `m` | `mean` | collude 30% | 50.0 → 45.0 | 45.0 | +18.0 | — | — | 5.0 |" in text
     assert "**Target met in the real pipeline: yes.**" in text
 
 
@@ -447,6 +452,10 @@ def test_confirm_runs_the_mean_and_the_best_rule_and_checks_the_target(
                 for r, a in enumerate([recorded[0], acc + 0.01, acc])
             )
         )
+        # what a finished run also leaves: its config, summary and final teacher
+        (out / "run_config.toml").write_text(tomli_w.dumps(real.to_run_config()))
+        (out / "summary.json").write_text(json.dumps({"wall_seconds": 12.0}))
+        shutil.copy(run_dir / "teacher-round0.pt", out / "teacher.pt")
         return 12.0
 
     monkeypatch.setattr(rb, "_run_real", fake_run)
@@ -476,6 +485,32 @@ def test_confirm_runs_the_mean_and_the_best_rule_and_checks_the_target(
     assert [r["aggregation"] for r in confirm["runs"]] == ["weighted-mean", "mean", "median"]
     assert confirm["check"]["met"] and confirm["no_attack"] == recorded[-1]
     assert "**Target met in the real pipeline: yes.**" in doc.read_text()
+    assert confirm["runs"][1]["balanced_accuracy"] is not None
+    assert 0 < confirm["runs"][1]["top_class_share"] <= 1
+
+    # --reuse-runs: the finished runs of the same configuration are not run again
+    def refuse(real: FedConfig, say, num_cpus: int) -> float:
+        raise AssertionError(f"ran {real.out_dir} again")
+
+    monkeypatch.setattr(rb, "_run_real", refuse)
+    again = run_robustness(
+        cfg,
+        preset="tiny",
+        command="x",
+        replies_from=run_dir,
+        rounds=1,
+        rules=["mean", "median"],
+        attacks=["collude"],
+        fractions=[0.4],
+        confirm=True,
+        work_dir=tmp_path / "work",
+        doc=doc,
+        json_path=out,
+        say=lambda _: None,
+        reuse_runs=True,
+    )
+    assert [r["reused"] for r in again["confirm"]["runs"][1:]] == [True, True]
+    assert again["confirm"]["check"] == confirm["check"]
 
 
 def test_markdown_adds_the_exact_first_round_when_several_were_replayed() -> None:
@@ -487,3 +522,27 @@ def test_markdown_adds_the_exact_first_round_when_several_were_replayed() -> Non
     assert "After round 1 alone (the exact part of the replay):" in text
     assert "| `norm-filter` | 50.0 | 50.0 | 50.0 |" in text
     assert "| `norm-filter` | 63.0 | 62.0 | 63.0 |" in text
+
+
+def test_scores_of_a_teacher_that_predicts_one_class() -> None:
+    class Constant(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[2.0, 0.0]]).repeat(len(x), 1)
+
+    y = torch.tensor([0, 0, 0, 1])
+    accuracy, balanced = teacher_scores(
+        Constant(), torch.zeros(4, 3), y, device=torch.device("cpu")
+    )
+    assert accuracy == 0.75 and balanced == 0.5
+
+
+def test_finished_run_seconds_needs_the_same_configuration(tmp_path: Path) -> None:
+    cfg = FedConfig(out_dir=str(tmp_path), attack="flip", attack_fraction=0.3)
+    assert finished_run_seconds(cfg) is None  # nothing there
+    (tmp_path / "run_config.toml").write_text(
+        tomli_w.dumps(cfg.replace(out_dir="/elsewhere/abs").to_run_config())
+    )
+    (tmp_path / "summary.json").write_text(json.dumps({"wall_seconds": 30.5}))
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    assert finished_run_seconds(cfg) == 30.5
+    assert finished_run_seconds(cfg.replace(attack="noise")) is None

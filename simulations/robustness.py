@@ -506,10 +506,15 @@ def _balanced_line(check: dict[str, Any] | None, where: str) -> list[str]:
         "",
         f"The same comparison in balanced accuracy (not the issue's metric; it does not "
         f"reward a teacher for collapsing onto the majority class), {where}: the best robust "
-        f"rule {_below(check['robust_drop'])} no attack, the mean {_below(check['mean_drop'])};"
-        f" the target's two conditions would be {_yes(check['robust_within'])} and "
-        f"{_yes(check['mean_outside'])}, so met: {_yes(check['met'])}.",
+        f"rule is {_below(check['robust_drop'])} no attack (within 3 points: "
+        f"{_yes(check['robust_within'])}), the mean {_below(check['mean_drop'])} (more than 3 "
+        f"points below: {_yes(check['mean_outside'])}); met on that metric: "
+        f"{_yes(check['met'])}.",
     ]
+
+
+def _first_rounds(n: int) -> str:
+    return "the first recorded round" if n == 1 else f"the first {n} recorded rounds in order"
 
 
 def _rounds(n: int) -> str:
@@ -579,8 +584,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"m = {setup['public_batch_size']}, {setup['dataset']}, encoding {setup['encoding']}) "
         "runs with no attack and `save-replies=true`: every round's validated replies and "
         f"the pre-trained teacher are kept (`{setup['clean_run']}`).",
-        "2. Each cell starts from that round-0 teacher and replays the first "
-        f"{_rounds(len(rp['rounds']))} recorded, in order: the replies of the clients a real "
+        "2. Each cell starts from that round-0 teacher and replays "
+        f"{_first_rounds(len(rp['rounds']))}: the replies of the clients a real "
         "run with that `attack-fraction` makes malicious (the first partition ids, "
         "`client/attacks.py is_malicious`) are replaced by `poison(...)` exactly as a "
         "malicious client does (same seed, same wire encoding); the cell's rule aggregates "
@@ -731,6 +736,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"**Target met in the real pipeline: {_yes(check['met'])}.**",
         ]
         lines += _balanced_line(confirm.get("balanced"), "real pipeline")
+        collapsed = [r for r in confirm["runs"] if r.get("top_class_share") == 1.0]
+        for run in collapsed:
+            lines += [
+                "",
+                f"The final teacher of `{run['dir']}` (`{run['aggregation']}`, {run['attack']}) "
+                "predicts one class for every test example: its accuracy is that class's "
+                "share of the test set, so accuracy understates the damage there.",
+            ]
     fid = result["fidelity"]
     lines += ["", "## Checks", ""]
     if fid["recorded"]:

@@ -546,3 +546,17 @@ def test_finished_run_seconds_needs_the_same_configuration(tmp_path: Path) -> No
     (tmp_path / "teacher.pt").write_bytes(b"")
     assert finished_run_seconds(cfg) == 30.5
     assert finished_run_seconds(cfg.replace(attack="noise")) is None
+
+
+def test_cli_render_rewrites_the_doc_from_the_json(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    data, doc = tmp_path / "r.json", tmp_path / "R.md"
+    data.write_text(json.dumps(_result(None)))
+    run = CliRunner().invoke(
+        app, ["robustness", "--render", "--json", str(data), "--doc", str(doc)]
+    )
+    assert run.exit_code == 0, run.output
+    assert doc.read_text().startswith("# Robustness of the aggregation rules")

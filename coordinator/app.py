@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
 
     # --- teacher: resume from our own checkpoint, load a given one, or pre-train
-    teacher = build_model(_teacher_config(cfg, task))
+    teacher = build_model(teacher_config(cfg, task))
     ckpt_path = out / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     if ckpt is not None:
@@ -100,7 +100,7 @@ def main(grid: Grid, context: Context) -> None:
     write_summary(out, cfg, history)
 
 
-def _teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
+def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
     return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
                        vocab_size=task.vocab_size, num_classes=task.num_classes,
                        max_len=cfg.max_len)
@@ -192,7 +192,7 @@ def _run_round(
 
     # --- distil the teacher on (S_t, aggregate), evaluate
     if outcome.aggregate is not None:
-        _update_teacher(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
+        update_teacher(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
     record = _evaluate(task, teacher, outcome, evaluate, device)
     clients = outcome.clients
     record.update({
@@ -289,7 +289,7 @@ def _checked_aggregate(aggregate: np.ndarray,
     return probs, []
 
 
-def _update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
                     public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
                     device: torch.device) -> None:
     """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""

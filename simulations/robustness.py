@@ -6,7 +6,7 @@ those rounds in this process: the replies of the first partition ids (the client
 run with ``attack-fraction`` makes malicious, :func:`client.attacks.is_malicious`) are
 replaced by :func:`client.attacks.poison` exactly as a malicious client does (same seed,
 same wire encoding), the cell's rule aggregates them, and the coordinator's own teacher
-update (``coordinator.app._update_teacher``) trains the teacher, which is then evaluated
+update (``coordinator.app.update_teacher``) trains the teacher, which is then evaluated
 on the test set. The torch RNG (dropout) is put where the coordinator's was, so the
 no-attack cell of the configured rule reproduces the recorded run.
 
@@ -264,7 +264,7 @@ def replay(
     from common.task import prepare_task
     from common.training import train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.app import _teacher_config, _update_teacher
+    from coordinator.app import teacher_config, update_teacher
 
     start, cpu_start = time.monotonic(), time.process_time()
     recorded = load_recorded_rounds(run_dir)
@@ -278,7 +278,7 @@ def replay(
     # only the teacher updates draw from torch's RNG (dropout), as many draws per round
     # whatever the targets. Rebuilding round 0 puts the RNG where the coordinator's was.
     torch.manual_seed(cfg.seed)
-    teacher = build_model(_teacher_config(cfg, task))
+    teacher = build_model(teacher_config(cfg, task))
     reproduced = None
     if not cfg.teacher_checkpoint:
         say(
@@ -348,7 +348,7 @@ def replay(
             t0 = time.monotonic()
             teacher.load_state_dict(states[previous])
             torch.set_rng_state(rng_state)
-            _update_teacher(rule_cfg, task, teacher, public_x, aggregate, rr.round, device)
+            update_teacher(rule_cfg, task, teacher, public_x, aggregate, rr.round, device)
             after = torch.get_rng_state()
             if after_rng is not None and not torch.equal(after, after_rng):
                 say("warning: teacher updates drew different amounts of randomness")
@@ -529,6 +529,16 @@ def _below(drop: float) -> str:
     return f"{abs(points):.1f} points {'below' if points > 0 else 'above'}"
 
 
+def _rule_table(head: list[str], rules: Sequence[str], cols: Sequence[tuple[str, float]],
+                values: dict[tuple[str, str, float], float]) -> list[str]:
+    """A markdown table: one row per rule, one column per (attack, fraction)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rule in rules:
+        row = [f"`{rule}`"] + [_pct(values.get((rule, a, f))) for a, f in cols]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     """docs/ROBUSTNESS.md from the JSON result (every statement computed from it)."""
     rp, setup, env = result["replay"], result["setup"], result["environment"]
@@ -589,7 +599,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "run with that `attack-fraction` makes malicious (the first partition ids, "
         "`client/attacks.py is_malicious`) are replaced by `poison(...)` exactly as a "
         "malicious client does (same seed, same wire encoding); the cell's rule aggregates "
-        "them; the coordinator's own teacher update (`_update_teacher`: the aggregate's "
+        "them; the coordinator's own teacher update (`update_teacher`: the aggregate's "
         f"arg-max as pseudo-labels (teacher-targets = {setup['teacher_targets']}), then one "
         "anchor epoch on its labeled set) trains the teacher; it is evaluated on the "
         f"{n_test} test examples.",
@@ -612,12 +622,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "mass on a wrong class, `collude` has every attacker push class 0. Fractions are "
         f"of the {setup['num_clients']} clients.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        *_rule_table(head, rules, cols, table),
     ]
-    for rule in rules:
-        row = [f"`{rule}`"] + [_pct(table.get((rule, a, f))) for a, f in cols]
-        lines.append("| " + " | ".join(row) + " |")
     if len(rp["rounds"]) > 1:
         first = {
             (r["rule"], r["attack"], float(r["fraction"])): r["accuracy_by_round"][0]
@@ -627,12 +633,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             f"After round {rp['rounds'][0]} alone (the exact part of the replay):",
             "",
-            "| " + " | ".join(head) + " |",
-            "|" + "---|" * len(head),
+            *_rule_table(head, rules, cols, first),
         ]
-        for rule in rules:
-            row = [f"`{rule}`"] + [_pct(first.get((rule, a, f))) for a, f in cols]
-            lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
         f"One test example is {100 / n_test:.2f} points; the standard error of one accuracy "
@@ -1076,13 +1078,13 @@ def final_teacher_scores(cfg: FedConfig, run_dir: Path) -> dict[str, float | Non
     from common.models import build_model
     from common.task import prepare_task
     from common.training import predict_logits
-    from coordinator.app import _teacher_config
+    from coordinator.app import teacher_config
 
     path = Path(run_dir) / "teacher.pt"
     if not path.exists():
         return {"balanced_accuracy": None, "top_class_share": None}
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
-    teacher = build_model(_teacher_config(cfg, task))
+    teacher = build_model(teacher_config(cfg, task))
     teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     device = torch.device("cpu")
     _, balanced = teacher_scores(teacher, task.test_x, task.test_y, device=device)

@@ -315,7 +315,7 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
     from common.task import prepare_task
     from common.training import evaluate_accuracy, train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.app import _teacher_config, _update_teacher
+    from coordinator.app import teacher_config, update_teacher
     from coordinator.report import save_round_replies
 
     data = tmp_path / "d.jsonl"
@@ -339,7 +339,7 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
     )
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
     torch.manual_seed(cfg.seed)  # as coordinator/app.py main()
-    teacher = build_model(_teacher_config(cfg, task))
+    teacher = build_model(teacher_config(cfg, task))
     train_supervised(
         teacher,
         task.teacher_x,
@@ -362,7 +362,7 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
         ids = [f"client-{i}" for i in (3, 0, 4, 1, 2)]
         save_round_replies(run_dir, rnd, indices, probs, [10] * 5, ids)
         aggregate = aggregator_from_config(cfg)(probs, [10] * 5)
-        _update_teacher(
+        update_teacher(
             cfg,
             task,
             teacher,

@@ -14,7 +14,9 @@ What a replay cannot show: the honest replies come from a clean run, so in a rea
 attacked run the honest students would also learn from the damaged teacher. A replay
 understates the damage that compounds across rounds. ``--confirm`` therefore reruns the
 headline cell (strongest attack, 30 % malicious) through the real pipeline with the plain
-mean and with the best robust rule.
+mean and with the best robust rule; ``--confirm-attacks`` adds attacks whose damage
+compounds over rounds (``collude`` pushes the test set's minority class on this data),
+and the headline is the attack that hurts the plain mean most in the real pipeline.
 
 Cells whose aggregates give the teacher the same training targets from the same starting
 teacher share one update: same inputs, same seeds, same result.
@@ -529,13 +531,82 @@ def _below(drop: float) -> str:
     return f"{abs(points):.1f} points {'below' if points > 0 else 'above'}"
 
 
-def _rule_table(head: list[str], rules: Sequence[str], cols: Sequence[tuple[str, float]],
-                values: dict[tuple[str, str, float], float]) -> list[str]:
+def _rule_table(
+    head: list[str],
+    rules: Sequence[str],
+    cols: Sequence[tuple[str, float]],
+    values: dict[tuple[str, str, float], float],
+) -> list[str]:
     """A markdown table: one row per rule, one column per (attack, fraction)."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rule in rules:
         row = [f"`{rule}`"] + [_pct(values.get((rule, a, f))) for a, f in cols]
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _confirm_lines(confirm: dict[str, Any], preset: str) -> list[str]:
+    """The real-pipeline section: every run, each attack's check, the headline."""
+    per_attack = confirm.get("per_attack") or [
+        {
+            "attack": confirm["attack"],
+            "best_rule": confirm["best_rule"],
+            "check": confirm["check"],
+            "balanced": confirm.get("balanced"),
+        }
+    ]
+    names = ", ".join(f"`{c['attack']}`" for c in per_attack)
+    lines = [
+        f"Real Flower simulations of the `{preset}` preset, `attack-fraction="
+        f"{confirm['fraction']:g}`, attacks {names}: the honest students here do learn "
+        "from the attacked teacher. *final balanced* and *largest predicted class* are of "
+        "the run's final `teacher.pt` on the test set (100% = the teacher predicts one "
+        "class only).",
+        "",
+        "| run | aggregation | attack | teacher accuracy by round (%) | final | drop (points) "
+        "| final balanced | largest predicted class (%) | wall min |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in confirm["runs"]:
+        by_round = " → ".join(_pct(a) for a in run["accuracy_by_round"])
+        drop = 100 * (confirm["no_attack"] - run["accuracy"])
+        attack = run["attack"]
+        if attack != NO_ATTACK:
+            attack += f" {100 * run['fraction']:g}%"
+        lines.append(
+            f"| `{run['dir']}` | `{run['aggregation']}` | {attack} | {by_round} | "
+            f"{_pct(run['accuracy'])} | {drop:+.1f} | {_pct(run.get('balanced_accuracy'))} "
+            f"| {_pct(run.get('top_class_share'))} | {run['seconds'] / 60:.1f} |"
+        )
+    lines.append("")
+    for c in per_attack:
+        check = c["check"]
+        lines.append(
+            f"- `{c['attack']}`: the best robust rule ({c['best_rule']}) ends "
+            f"{_below(check['robust_drop'])} the clean run (within 3 points: "
+            f"{_yes(check['robust_within'])}); the plain mean ends {_below(check['mean_drop'])} "
+            f"(more than 3 points below: {_yes(check['mean_outside'])})."
+        )
+    check = confirm["check"]
+    if len(per_attack) > 1:
+        lines += [
+            "",
+            f"Strongest attack in the real pipeline (lowest final accuracy of the "
+            f"plain mean): **{confirm['attack']}**.",
+        ]
+    lines += [
+        "",
+        f"**Target met in the real pipeline: {_yes(check['met'])}** (best robust "
+        f"rule {confirm['best_rule']}, attack {confirm['attack']}).",
+    ]
+    lines += _balanced_line(confirm.get("balanced"), "real pipeline")
+    for run in (r for r in confirm["runs"] if r.get("top_class_share") == 1.0):
+        lines += [
+            "",
+            f"The final teacher of `{run['dir']}` (`{run['aggregation']}`, {run['attack']}) "
+            "predicts one class for every test example: its accuracy is that class's "
+            "share of the test set, so accuracy understates the damage there.",
+        ]
     return lines
 
 
@@ -706,46 +777,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     if not confirm:
         lines.append("Not run (`--confirm` runs it: two more real simulations).")
     else:
-        lines += [
-            f"Real Flower simulations of the `{setup['preset']}` preset, "
-            f"`attack={confirm['attack']}`, `attack-fraction={confirm['fraction']:g}`: the "
-            "honest students here do learn from the attacked teacher. *final balanced* and "
-            "*largest predicted class* are of the run's final `teacher.pt` on the test set "
-            "(100% = the teacher predicts one class only).",
-            "",
-            "| run | aggregation | attack | teacher accuracy by round (%) | final | drop (points) "
-            "| final balanced | largest predicted class (%) | wall min |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for run in confirm["runs"]:
-            by_round = " → ".join(_pct(a) for a in run["accuracy_by_round"])
-            drop = 100 * (confirm["no_attack"] - run["accuracy"])
-            attack = run["attack"]
-            if attack != NO_ATTACK:
-                attack += f" {100 * run['fraction']:g}%"
-            lines.append(
-                f"| `{run['dir']}` | `{run['aggregation']}` | {attack} | {by_round} | "
-                f"{_pct(run['accuracy'])} | {drop:+.1f} | {_pct(run.get('balanced_accuracy'))} "
-                f"| {_pct(run.get('top_class_share'))} | {run['seconds'] / 60:.1f} |"
-            )
-        check = confirm["check"]
-        lines += [
-            "",
-            f"The best robust rule ({confirm['best_rule']}) ends {_below(check['robust_drop'])} "
-            f"the clean run (within 3 points: {_yes(check['robust_within'])}); the plain mean "
-            f"ends {_below(check['mean_drop'])} (more than 3 points below: "
-            f"{_yes(check['mean_outside'])}). "
-            f"**Target met in the real pipeline: {_yes(check['met'])}.**",
-        ]
-        lines += _balanced_line(confirm.get("balanced"), "real pipeline")
-        collapsed = [r for r in confirm["runs"] if r.get("top_class_share") == 1.0]
-        for run in collapsed:
-            lines += [
-                "",
-                f"The final teacher of `{run['dir']}` (`{run['aggregation']}`, {run['attack']}) "
-                "predicts one class for every test example: its accuracy is that class's "
-                "share of the test set, so accuracy understates the damage there.",
-            ]
+        lines += _confirm_lines(confirm, setup["preset"])
     fid = result["fidelity"]
     lines += ["", "## Checks", ""]
     if fid["recorded"]:
@@ -779,7 +811,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"`fedistill simulate --preset {setup['preset']} --set save-replies=true` does). "
         "`--rounds N` replays the first N "
         f"recorded rounds (default {DEFAULT_ROUNDS}; 0 = all); `--attacks`, `--fractions`, "
-        "`--rules` narrow the grid; `--confirm` adds the two real attacked simulations.",
+        "`--rules` narrow the grid; `--confirm` adds the two real attacked simulations "
+        "(plain mean, best robust rule), `--confirm-attacks A,B` two more per attack.",
         "",
     ]
     return "\n".join(lines)
@@ -854,6 +887,7 @@ def run_robustness(
     num_cpus: int = 1,
     say: Callable[[str], None] = print,
     reuse_runs: bool = False,
+    confirm_extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The whole harness: clean run (or reuse), replay grid, verdict, confirm, write.
 
@@ -969,11 +1003,32 @@ def run_robustness(
             num_cpus=num_cpus,
             say=say,
             reuse_runs=reuse_runs,
+            attacks=confirm_attacks(verdict, cells_json, rules, confirm_extra),
         )
         result["timing"]["confirm_seconds"] = time.monotonic() - t0
         result["timing"]["total_seconds"] = time.monotonic() - start
         _write(result, doc, json_path, say)
     return result
+
+
+def confirm_attacks(
+    verdict: dict[str, Any],
+    cells: Sequence[dict[str, Any]],
+    rules: Sequence[str],
+    extra: Sequence[str],
+) -> list[tuple[str, str]]:
+    """(attack, best robust rule in the replay) for the replay's strongest attack and ``extra``.
+
+    The replay ranks attacks by their direct effect on one teacher update; an attack that
+    hurts more only by compounding over rounds (``collude`` pushing one class) shows in
+    the real pipeline alone, hence ``--confirm-attacks``.
+    """
+    table = accuracy_table(cells)
+    pairs = [(verdict["attack"], verdict["best_rule"])]
+    for attack in extra:
+        if attack not in (a for a, _ in pairs):
+            pairs.append((attack, best_robust_rule(table, rules, attack, verdict["fraction"])))
+    return pairs
 
 
 def confirm_runs(
@@ -988,60 +1043,100 @@ def confirm_runs(
     num_cpus: int,
     say: Callable[[str], None],
     reuse_runs: bool = False,
+    attacks: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """Real simulations of the headline cell with the plain mean and the best robust rule."""
-    attack, fraction = verdict["attack"], verdict["fraction"]
-    runs = [
-        {
-            "dir": str(run_dir),
-            "aggregation": cfg.aggregation,
-            "attack": NO_ATTACK,
-            "fraction": 0.0,
-            "accuracy": recorded[-1],
-            "accuracy_by_round": recorded[1:],
-            "seconds": clean_seconds,
-        }
-    ]
-    for rule in ("mean", verdict["best_rule"]):
-        out = work_dir / f"{preset}-{attack}-{100 * fraction:g}-{rule}"
-        real = cfg.replace(
-            attack=attack,
-            attack_fraction=fraction,
-            aggregation=rule,
-            save_replies=False,
-            out_dir=str(out),
-        )
-        seconds = finished_run_seconds(real) if reuse_runs else None
-        reused = seconds is not None
-        if reused:
-            say(f"reusing the finished run in {out} (same configuration)")
-        else:
-            seconds = _run_real(real, say, num_cpus)
-        by_round = _read_teacher_accuracy(out)
-        runs.append(
-            {
-                "dir": str(out),
-                "aggregation": rule,
-                "attack": attack,
-                "fraction": fraction,
-                "accuracy": by_round[-1],
-                "accuracy_by_round": by_round[1:],
-                "seconds": seconds,
-                "reused": reused,
-            }
-        )
+    """Real simulations of each confirmed attack with the plain mean and its best robust rule.
+
+    The headline (``attack``, ``best_rule``, ``check``) is the attack that leaves the plain
+    mean the lowest final accuracy in the real pipeline; ``per_attack`` keeps every check.
+    """
+    fraction = verdict["fraction"]
+    pairs = list(attacks) or [(verdict["attack"], verdict["best_rule"])]
+    clean = {
+        "dir": str(run_dir),
+        "aggregation": cfg.aggregation,
+        "attack": NO_ATTACK,
+        "fraction": 0.0,
+        "accuracy": recorded[-1],
+        "accuracy_by_round": recorded[1:],
+        "seconds": clean_seconds,
+    }
+    runs = [clean]
+    for attack, best in pairs:
+        for rule in ("mean", best):
+            out = work_dir / f"{preset}-{attack}-{100 * fraction:g}-{rule}"
+            runs.append(_confirm_run(cfg, attack, fraction, rule, out, num_cpus, say, reuse_runs))
     for run in runs:
         run.update(final_teacher_scores(cfg, Path(run["dir"])))
-    balanced = None
-    if all(r["balanced_accuracy"] is not None for r in runs):
-        balanced = target_check(*(r["balanced_accuracy"] for r in (runs[0], runs[2], runs[1])))
+    per_attack = [
+        _attack_check(clean, runs[1 + 2 * i : 3 + 2 * i], attack, best)
+        for i, (attack, best) in enumerate(pairs)
+    ]
+    headline = min(per_attack, key=lambda c: c["mean_accuracy"])
     return {
-        "attack": attack,
+        "attack": headline["attack"],
         "fraction": fraction,
-        "best_rule": verdict["best_rule"],
+        "best_rule": headline["best_rule"],
         "no_attack": recorded[-1],
         "runs": runs,
-        "check": target_check(recorded[-1], runs[2]["accuracy"], runs[1]["accuracy"]),
+        "check": headline["check"],
+        "balanced": headline["balanced"],
+        "per_attack": per_attack,
+    }
+
+
+def _confirm_run(
+    cfg: FedConfig,
+    attack: str,
+    fraction: float,
+    rule: str,
+    out: Path,
+    num_cpus: int,
+    say: Callable[[str], None],
+    reuse_runs: bool,
+) -> dict[str, Any]:
+    """One real attacked simulation (or a finished one of the same configuration)."""
+    real = cfg.replace(
+        attack=attack,
+        attack_fraction=fraction,
+        aggregation=rule,
+        save_replies=False,
+        out_dir=str(out),
+    )
+    seconds = finished_run_seconds(real) if reuse_runs else None
+    reused = seconds is not None
+    if reused:
+        say(f"reusing the finished run in {out} (same configuration)")
+    else:
+        seconds = _run_real(real, say, num_cpus)
+    by_round = _read_teacher_accuracy(out)
+    return {
+        "dir": str(out),
+        "aggregation": rule,
+        "attack": attack,
+        "fraction": fraction,
+        "accuracy": by_round[-1],
+        "accuracy_by_round": by_round[1:],
+        "seconds": seconds,
+        "reused": reused,
+    }
+
+
+def _attack_check(
+    clean: dict[str, Any], pair: list[dict[str, Any]], attack: str, best: str
+) -> dict[str, Any]:
+    """The target for one attack: its mean run and best-rule run against the clean run."""
+    mean, robust = pair
+    balanced = None
+    if all(r.get("balanced_accuracy") is not None for r in (clean, mean, robust)):
+        balanced = target_check(
+            clean["balanced_accuracy"], robust["balanced_accuracy"], mean["balanced_accuracy"]
+        )
+    return {
+        "attack": attack,
+        "best_rule": best,
+        "mean_accuracy": mean["accuracy"],
+        "check": target_check(clean["accuracy"], robust["accuracy"], mean["accuracy"]),
         "balanced": balanced,
     }
 
@@ -1151,6 +1246,14 @@ def register_robustness_command(app: typer.Typer) -> None:
                 help="Also run the strongest attack at 30% for real (mean, best robust rule)."
             ),
         ] = False,
+        confirm_attacks_: Annotated[
+            str,
+            typer.Option(
+                "--confirm-attacks",
+                help="With --confirm: also run these attacks for real (comma-separated); "
+                "the headline is the one that hurts the plain mean most there.",
+            ),
+        ] = "",
         work_dir: Annotated[Path, typer.Option(help="Where the real runs go.")] = (
             DEFAULT_WORK_DIR
         ),
@@ -1217,8 +1320,15 @@ def register_robustness_command(app: typer.Typer) -> None:
             parts.append(f"--fractions {fractions}")
         if rules:
             parts.append(f"--rules {rules}")
+        extra = _split(confirm_attacks_)
+        if [a for a in extra if a not in attack_list]:
+            raise ConfigError(
+                f"--confirm-attacks {extra} must be among --attacks ({', '.join(attack_list)})."
+            )
         if confirm:
             parts.append("--confirm")
+        if extra:
+            parts.append(f"--confirm-attacks {','.join(extra)}")
         if reuse_runs:
             parts.append("--reuse-runs")
         if threads:
@@ -1242,4 +1352,5 @@ def register_robustness_command(app: typer.Typer) -> None:
             num_cpus=num_cpus,
             say=lambda text: console.print(text, markup=False, highlight=False),
             reuse_runs=reuse_runs,
+            confirm_extra=extra,
         )

@@ -305,7 +305,7 @@ def test_markdown_lists_the_confirmation_runs() -> None:
     }
     text = render_markdown(_result(None, confirm))
     assert "| `m` | `mean` | collude 30% | 50.0 → 45.0 | 45.0 | +18.0 | — | — | 5.0 |" in text
-    assert "**Target met in the real pipeline: yes.**" in text
+    assert "**Target met in the real pipeline: yes**" in text
 
 
 # ---------------------------------------------------------------------------- tiny replay
@@ -484,7 +484,7 @@ def test_confirm_runs_the_mean_and_the_best_rule_and_checks_the_target(
     assert confirm == result["confirm"]
     assert [r["aggregation"] for r in confirm["runs"]] == ["weighted-mean", "mean", "median"]
     assert confirm["check"]["met"] and confirm["no_attack"] == recorded[-1]
-    assert "**Target met in the real pipeline: yes.**" in doc.read_text()
+    assert "**Target met in the real pipeline: yes**" in doc.read_text()
     assert confirm["runs"][1]["balanced_accuracy"] is not None
     assert 0 < confirm["runs"][1]["top_class_share"] <= 1
 
@@ -560,3 +560,68 @@ def test_cli_render_rewrites_the_doc_from_the_json(tmp_path: Path) -> None:
     )
     assert run.exit_code == 0, run.output
     assert doc.read_text().startswith("# Robustness of the aggregation rules")
+
+
+def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_mean_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--confirm-attacks: the replay's strongest attack is not always the real one."""
+    import simulations.robustness as rb
+
+    cfg, run_dir, recorded = _tiny_run(tmp_path)
+    clean = recorded[-1]
+    final = {
+        ("mean", "collude"): clean - 0.02,
+        ("median", "collude"): clean - 0.01,
+        ("mean", "flip"): clean - 0.2,
+        ("median", "flip"): clean - 0.01,
+    }
+    made: list[tuple[str, str]] = []
+
+    def fake_run(real: FedConfig, say, num_cpus: int) -> float:
+        made.append((real.aggregation, real.attack))
+        out = Path(real.out_dir)
+        out.mkdir(parents=True)
+        acc = final[(real.aggregation, real.attack)]
+        (out / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps({"round": r, "teacher_accuracy": a}) + "\n"
+                for r, a in enumerate([recorded[0], acc])
+            )
+        )
+        shutil.copy(run_dir / "teacher-round0.pt", out / "teacher.pt")
+        return 1.0
+
+    monkeypatch.setattr(rb, "_run_real", fake_run)
+    verdict = {"attack": "collude", "fraction": 0.4, "best_rule": "median"}
+    cells = [
+        {"rule": "median", "attack": "flip", "fraction": 0.4, "accuracy": 0.6},
+        {"rule": "trimmed-mean", "attack": "flip", "fraction": 0.4, "accuracy": 0.5},
+    ]
+    pairs = rb.confirm_attacks(
+        verdict, cells, ["mean", "median", "trimmed-mean"], ["flip", "collude"]
+    )
+    assert pairs == [("collude", "median"), ("flip", "median")]
+    confirm = rb.confirm_runs(
+        cfg,
+        verdict,
+        run_dir,
+        recorded,
+        5.0,
+        preset="tiny",
+        work_dir=tmp_path / "work",
+        num_cpus=1,
+        say=lambda _: None,
+        attacks=pairs,
+    )
+    assert made == [
+        ("mean", "collude"),
+        ("median", "collude"),
+        ("mean", "flip"),
+        ("median", "flip"),
+    ]
+    assert [c["attack"] for c in confirm["per_attack"]] == ["collude", "flip"]
+    assert not confirm["per_attack"][0]["check"]["met"]  # the mean held under collude
+    assert confirm["attack"] == "flip" and confirm["check"]["met"]
+    text = rb._confirm_lines(confirm, "tiny")
+    assert any("Strongest attack in the real pipeline" in line and "flip" in line for line in text)

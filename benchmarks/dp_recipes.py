@@ -47,6 +47,7 @@ from common.training import (  # noqa: E402
     steps_per_epoch,
     train_supervised,
 )
+from common.training.adapters import add_adapters, merge_adapters  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CPU = torch.device("cpu")
@@ -57,7 +58,8 @@ class Recipe:
     """One way to spend a client's whole budget on its partition."""
 
     name: str
-    trainable: str = "head"  # head | all
+    trainable: str = "head"  # head | all | adapters
+    rank: int = 4  # LoRA rank (trainable = adapters)
     epochs: float = 5.0  # passes over the partition in all (5 rounds x dp-epochs 1)
     batch: int = 128  # expected logical batch (Poisson)
     lr: float = 0.1
@@ -79,6 +81,12 @@ RECIPES = (
            lr=2e-3, epsilon_scale=0.0),
     Recipe("non-private fine-tune, head only (reference)", trainable="head", epochs=3,
            lr=2e-3, epsilon_scale=0.0),
+    Recipe("adapters r4 + head, SGD lr 0.1", trainable="adapters"),
+    Recipe("adapters r4 + head, B 512, SGD lr 0.5", trainable="adapters", batch=512, lr=0.5),
+    Recipe("adapters r8 + head, AdamW lr 5e-3", trainable="adapters", rank=8,
+           optimizer="adamw", lr=5e-3),
+    Recipe("non-private fine-tune, adapters r4 + head (reference)", trainable="adapters",
+           epochs=3, lr=2e-3, epsilon_scale=0.0),
 )
 
 
@@ -115,8 +123,11 @@ def _fine_tune(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recip
                 p.requires_grad_(False)
             for p in model.head.parameters():
                 p.requires_grad_(True)
+        if recipe.trainable == "adapters":
+            add_adapters(model, recipe.rank)
         train_supervised(model, x, y, epochs=int(recipe.epochs), lr=recipe.lr,
                          batch_size=recipe.batch, device=CPU, seed=seed)
+        merge_adapters(model)
         return model
     batch = min(recipe.batch, len(x))
     q, per_epoch = steps_per_epoch(len(x), batch)
@@ -127,7 +138,8 @@ def _fine_tune(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recip
     dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=recipe.clip,
              expected_batch_size=batch, steps=steps, lr=recipe.lr, optimizer=recipe.optimizer,
              trainable=recipe.trainable, grad_sample_mode="ghost",
-             max_physical_batch_size=cfg.max_physical_batch_size, device=CPU, seed=seed)
+             max_physical_batch_size=cfg.max_physical_batch_size, device=CPU, seed=seed,
+             adapter_rank=recipe.rank)
     return model
 
 

@@ -292,7 +292,7 @@ def _private_round(
              steps=noise.steps_per_round, lr=cfg.dp_lr, optimizer=cfg.dp_optimizer,
              trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
              max_physical_batch_size=cfg.max_physical_batch_size, device=device,
-             seed=cfg.seed * 1000 + plan.round)
+             seed=cfg.seed * 1000 + plan.round, adapter_rank=cfg.dp_adapter_rank)
     return False, "", noise.noise_multiplier, noise.steps_per_round
 
 

@@ -24,7 +24,7 @@ ENCODINGS = ("float32", "float16", "int8", "topk")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 DP_OPTIMIZERS = ("sgd", "adamw")
-DP_TRAINABLE = ("all", "head")
+DP_TRAINABLE = ("all", "head", "adapters")
 ACCOUNTANTS = ("rdp", "prv")
 SIZES = ("tiny", "small", "base")
 ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "nan", "shape", "raise")
@@ -85,7 +85,8 @@ class FedConfig:
     dp_epochs: float = 1.0  # passes over the private data per round
     dp_lr: float = 0.1
     dp_optimizer: str = "sgd"  # sgd (with momentum) | adamw
-    dp_trainable: str = "head"  # all | head: fewer dimensions, less noise (docs/RESULTS.md)
+    dp_trainable: str = "head"  # all | head | adapters: fewer dimensions, less noise
+    dp_adapter_rank: int = 4  # rank of the LoRA adapters (dp-trainable = "adapters")
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
     # --- secure aggregation (Flower's SecAgg+; docs/THREAT_MODEL.md says what it hides)
@@ -120,7 +121,8 @@ class FedConfig:
         for family in self.student_families:
             _check_choice("students", family, STUDENT_FAMILIES)
         for key in ("num_clients", "rounds", "public_batch_size", "max_len", "dp_batch_size",
-                    "vocab_size", "evaluate_every", "max_physical_batch_size", "topk"):
+                    "vocab_size", "evaluate_every", "max_physical_batch_size", "topk",
+                    "dp_adapter_rank"):
             _check_positive(key, getattr(self, key))
         for key in ("epsilon", "delta", "temperature", "max_grad_norm", "dp_lr", "dp_epochs",
                     "teacher_lr", "student_distill_lr", "teacher_distill_lr", "round_timeout",

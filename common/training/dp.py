@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.errors import ConfigError
+from common.training.adapters import add_adapters, merge_adapters
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,20 @@ def dp_train(
     max_physical_batch_size: int = 256,
     device: torch.device,
     seed: int = 0,
+    adapter_rank: int = 4,
 ) -> DpTrainResult:
     """Train ``model`` in place with DP-SGD for exactly ``steps`` logical steps.
 
     ``trainable="head"`` freezes everything but the model's last linear layer: fewer
     dimensions for the same noise (Yu et al. 2021, "Differentially private fine-tuning").
+    ``trainable="adapters"`` trains rank-``adapter_rank`` LoRA updates of the body's
+    linear layers and the head, then folds them into the weights (common/training/adapters).
     """
     q, _ = steps_per_epoch(len(x), expected_batch_size)
     if steps <= 0:
         return DpTrainResult(noise_multiplier, q, 0, ())
     work = copy.deepcopy(model).to(device).train()
-    _set_trainable(work, trainable)
+    _set_trainable(work, trainable, adapter_rank)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr)
     loader = DataLoader(
@@ -107,7 +111,9 @@ def dp_train(
     seen = sum(s for _, _, s in engine.accountant.history)
     if seen != steps:
         log.warning("dp_train: Opacus counted %s steps, %s planned", seen, steps)
-    model.load_state_dict(_unwrap(gm).state_dict())
+    trained = _unwrap(gm)
+    merge_adapters(trained)  # no-op unless trainable == "adapters"
+    model.load_state_dict(trained.state_dict())
     return DpTrainResult(noise_multiplier, q, steps, tuple(losses))
 
 
@@ -138,11 +144,16 @@ def _unwrap(gm: nn.Module) -> nn.Module:
     return gm._module if hasattr(gm, "_module") else gm
 
 
-def _set_trainable(model: nn.Module, trainable: str) -> None:
+def _set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> None:
     if trainable == "all":
         return
+    if trainable == "adapters":
+        if adapter_rank < 1:
+            raise ConfigError(f"dp-adapter-rank={adapter_rank} must be >= 1.")
+        add_adapters(model, adapter_rank)
+        return
     if trainable != "head":
-        raise ConfigError(f"dp-trainable={trainable!r} is not one of all, head.")
+        raise ConfigError(f"dp-trainable={trainable!r} is not one of all, head, adapters.")
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module):
         raise ConfigError(f"dp-trainable='head' needs a model with a `head` layer; "

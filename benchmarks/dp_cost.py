@@ -149,17 +149,22 @@ def student_config(family: str, num_classes: int = 2) -> ModelConfig:
 
 
 def build_trainer(family: str, mode: str, batch: int, x: Tensor, y: Tensor,
-                  device: torch.device, seed: int = 0) -> Trainer:
+                  device: torch.device, seed: int = 0, trainable: str = "all") -> Trainer:
     """A trainer for ``mode``, the DP ones wrapped as ``dp_train`` wraps them.
 
     ``make_private`` gets a loader of the pool at ``batch`` (Poisson, as in dp_train), so
     the optimizer's expected batch size and clipping match; the step itself is fed fixed
-    batches (see :func:`make_batches`).
+    batches (see :func:`make_batches`). ``trainable`` freezes the rest of the model in
+    every mode alike, as ``dp_train`` does (``head``: the clients' default DP step).
     """
+    from common.training.dp import set_trainable
+
     torch.manual_seed(seed)
     model = build_model(student_config(family)).to(device).train()
-    params = count_parameters(model)
-    opt: Any = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    set_trainable(model, trainable)
+    params = count_parameters(model, trainable_only=True)
+    opt: Any = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR,
+                               momentum=MOMENTUM)
     criterion: Any = nn.CrossEntropyLoss()
     module: Any = model
     if mode in DP_MODES:
@@ -211,10 +216,12 @@ def time_block(trainer: Trainer, batches: list[tuple[Tensor, Tensor]], steps: in
 
 
 def measure_throughput(family: str, batch: int, x: Tensor, y: Tensor, device: torch.device,
-                       *, repeats: int, steps: int) -> dict[str, dict[str, Any]]:
+                       *, repeats: int, steps: int,
+                       trainable: str = "all") -> dict[str, dict[str, Any]]:
     """Samples/s of every mode, alternating; ratios are taken within each repeat."""
     batches = make_batches(x, y, batch, 4, device)
-    trainers = {m: build_trainer(family, m, batch, x, y, device) for m in MODES}
+    trainers = {m: build_trainer(family, m, batch, x, y, device, trainable=trainable)
+                for m in MODES}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         for t in trainers.values():  # first steps allocate optimizer state, grad samples
@@ -265,7 +272,8 @@ def _reset_hwm() -> bool:
         return False
 
 
-def memory_child(family: str, mode: str, batch: int, data: str, steps: int) -> dict[str, Any]:
+def memory_child(family: str, mode: str, batch: int, data: str, steps: int,
+                 trainable: str = "all") -> dict[str, Any]:
     """Runs in a fresh process: the bytes one configuration's training adds to the RSS."""
     x, y = torch.load(data)
     batches = make_batches(x, y, batch, 2, torch.device("cpu"))
@@ -274,7 +282,7 @@ def memory_child(family: str, mode: str, batch: int, data: str, steps: int) -> d
         # step maps tens of MiB of library code into the RSS, the same for every mode,
         # which is no part of the step's working memory and would flatten the ratios.
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
-        warm = build_trainer(family, mode, 2, x, y, torch.device("cpu"))
+        warm = build_trainer(family, mode, 2, x, y, torch.device("cpu"), trainable=trainable)
         warm.step(x[:2], y[:2])
         del warm
     gc.collect()
@@ -283,7 +291,8 @@ def memory_child(family: str, mode: str, batch: int, data: str, steps: int) -> d
     hwm_before = _hwm_bytes()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
-        trainer = build_trainer(family, mode, batch, x, y, torch.device("cpu"))
+        trainer = build_trainer(family, mode, batch, x, y, torch.device("cpu"),
+                                trainable=trainable)
         for i in range(steps):
             trainer.step(*batches[i % len(batches)])
     peak = _hwm_bytes()
@@ -292,10 +301,11 @@ def memory_child(family: str, mode: str, batch: int, data: str, steps: int) -> d
 
 
 def measure_memory_cpu(family: str, mode: str, batch: int, data: Path, steps: int,
-                       threads: int) -> dict[str, Any]:
+                       threads: int, trainable: str = "all") -> dict[str, Any]:
     """Peak memory of one configuration, in its own subprocess (see the module doc)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", family, mode,
-           str(batch), str(data), "--memory-steps", str(steps), "--threads", str(threads)]
+           str(batch), str(data), "--memory-steps", str(steps), "--threads", str(threads),
+           "--trainable", trainable]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child {family}/{mode}/{batch} failed:\n{proc.stderr}")
@@ -303,7 +313,8 @@ def measure_memory_cpu(family: str, mode: str, batch: int, data: Path, steps: in
 
 
 def measure_memory_cuda(family: str, mode: str, batch: int, x: Tensor, y: Tensor,
-                        device: torch.device, steps: int) -> dict[str, Any]:
+                        device: torch.device, steps: int,
+                        trainable: str = "all") -> dict[str, Any]:
     """Peak allocated CUDA memory of one configuration, relative to before its build."""
     batches = make_batches(x, y, batch, 2, device)
     gc.collect()
@@ -313,7 +324,7 @@ def measure_memory_cuda(family: str, mode: str, batch: int, x: Tensor, y: Tensor
     torch.cuda.reset_peak_memory_stats(device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
-        trainer = build_trainer(family, mode, batch, x, y, device)
+        trainer = build_trainer(family, mode, batch, x, y, device, trainable=trainable)
         for i in range(steps):
             trainer.step(*batches[i % len(batches)])
     torch.cuda.synchronize(device)
@@ -328,7 +339,8 @@ def measure_memory_cuda(family: str, mode: str, batch: int, x: Tensor, y: Tensor
 # --------------------------------------------------------------------------- run
 def run_dp_cost(*, device: torch.device, families: tuple[str, ...], batches: tuple[int, ...],
                 repeats: int, steps: int, memory_steps: int, threads: int,
-                x: Tensor, y: Tensor, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                x: Tensor, y: Tensor, log: Callable[[str], None] = print,
+                trainable: str = "all") -> list[dict[str, Any]]:
     """Every (family, batch, mode) row: throughput, peak memory and their ratios."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,15 +350,15 @@ def run_dp_cost(*, device: torch.device, families: tuple[str, ...], batches: tup
             for batch in batches:
                 t0 = time.perf_counter()
                 thr = measure_throughput(family, batch, x, y, device, repeats=repeats,
-                                         steps=steps)
+                                         steps=steps, trainable=trainable)
                 mem = {}
                 for mode in MODES:
                     if device.type == "cuda":
                         mem[mode] = measure_memory_cuda(family, mode, batch, x, y, device,
-                                                        memory_steps)
+                                                        memory_steps, trainable)
                     else:
                         mem[mode] = measure_memory_cpu(family, mode, batch, data,
-                                                       memory_steps, threads)
+                                                       memory_steps, threads, trainable)
                 base_mem = mem["non-private"]["peak_bytes"]
                 for mode in MODES:
                     row = {"family": family, "batch_size": batch, "mode": mode, **thr[mode],
@@ -402,14 +414,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: the machine is shared; compare like with like)")
-    parser.add_argument("--out", default=str(RESULTS / "dp_cost.json"))
+    parser.add_argument("--trainable", default="all", choices=("all", "head", "adapters"),
+                        help="what every mode trains (head: the clients' default DP step)")
+    parser.add_argument("--out", default="", help="default: results/dp_cost[-TRAINABLE].json")
     parser.add_argument("--memory-child", nargs=4, metavar=("FAMILY", "MODE", "BATCH", "DATA"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
         family, mode, batch, data = args.memory_child
-        print(json.dumps(memory_child(family, mode, int(batch), data, args.memory_steps)))
+        print(json.dumps(memory_child(family, mode, int(batch), data, args.memory_steps,
+                                      args.trainable)))
         return
     from common.device import resolve_device
 
@@ -423,8 +438,8 @@ def main(argv: list[str] | None = None) -> None:
                        batches=tuple(int(b) for b in args.batches.split(",")),
                        repeats=args.repeats, steps=args.steps, memory_steps=args.memory_steps,
                        threads=args.threads, x=x, y=y,
-                       log=lambda s: print(s, flush=True))
-    target = evaluate_target(rows, device)
+                       log=lambda s: print(s, flush=True), trainable=args.trainable)
+    target = {**evaluate_target(rows, device), "trainable": args.trainable}
     wall = time.perf_counter() - start
     result = {
         "benchmark": "dp_cost",
@@ -435,13 +450,15 @@ def main(argv: list[str] | None = None) -> None:
                      "repeats": args.repeats, "steps_per_block": args.steps,
                      "memory_steps": args.memory_steps, "optimizer": f"SGD lr={LR} m={MOMENTUM}",
                      "noise_multiplier": NOISE_MULTIPLIER, "max_grad_norm": MAX_GRAD_NORM,
+                     "trainable": args.trainable,
                      "memory_method": ("cuda max_memory_allocated" if device.type == "cuda"
                                        else "subprocess VmHWM - RSS before build")},
         "rows": rows,
         "target": target,
         "wall_seconds": round(wall, 1),
     }
-    out = Path(args.out)
+    tag = "" if args.trainable == "all" else f"-{args.trainable}"
+    out = Path(args.out or RESULTS / f"dp_cost{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     for p in target["per_batch"]:

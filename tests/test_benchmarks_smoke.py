@@ -310,3 +310,17 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
     assert (doc.parent / "bench_scale.png").stat().st_size > 0
     quick = dict(data, settings=dict(data["settings"], quick=True))
     assert "Not yet measured" in "\n".join(scale.section(quick, None))
+
+
+def test_dp_cost_trainer_with_the_head_trainable_steps_only_the_head() -> None:
+    """--trainable head: every mode trains the same parameters (the clients' DP step)."""
+    import torch
+
+    dp_module = _load("dp_cost")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(3, 6000, (32, 40), generator=gen), torch.randint(0, 2, (32,))
+    for mode in ("non-private", "hooks", "ghost"):
+        trainer = dp_module.build_trainer("transformer", mode, 8, x, y, torch.device("cpu"),
+                                          trainable="head")
+        assert trainer.params == 130  # the head of the tiny student (64 x 2 + 2)
+        trainer.step(x[:8], y[:8])

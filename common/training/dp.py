@@ -75,7 +75,7 @@ def dp_train(
     if steps <= 0:
         return DpTrainResult(noise_multiplier, q, 0, ())
     work = copy.deepcopy(model).to(device).train()
-    _set_trainable(work, trainable, adapter_rank)
+    set_trainable(work, trainable, adapter_rank)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr)
     loader = DataLoader(
@@ -144,7 +144,8 @@ def _unwrap(gm: nn.Module) -> nn.Module:
     return gm._module if hasattr(gm, "_module") else gm
 
 
-def _set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> None:
+def set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> None:
+    """Freeze ``model`` but for what ``trainable`` names (``adapters`` adds the adapters)."""
     if trainable == "all":
         return
     if trainable == "adapters":

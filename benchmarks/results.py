@@ -196,6 +196,7 @@ def recipes_section(folder: Path) -> list[str]:
              "then each recipe spends the client's whole ε on its partition; test accuracy "
              "of the students (mean) and of their ensemble, and the gain over the same "
              "students without a private step (the public-only students), in points.", ""]
+    lines += pays_table([json.loads(f.read_text()) for f in files]) + [""]
     for path in files:
         data = json.loads(path.read_text())
         run = data["runs"][0]
@@ -204,6 +205,61 @@ def recipes_section(folder: Path) -> list[str]:
                   f"clients ({min(sizes)}–{max(sizes)} private examples each), ε = "
                   f"{run['epsilon']:g}** — `{data['command']}` ({data['wall_seconds']:.0f} s)",
                   "", *module.table(data["runs"]), ""]
+    return lines
+
+
+PAYS_POINTS = 2.0  # a gain below this is within one test set's noise (SE ~1 point)
+
+
+def _recipe_kind(row: dict[str, Any]) -> str | None:
+    """Which column of the pays table a dp_recipes row belongs to (None: no column)."""
+    st = row.get("settings") or {}
+    if not st:
+        return None
+    if st.get("epsilon_scale") == 0:
+        return f"non-private {st.get('trainable')}"
+    if st.get("epsilon_scale", 1.0) != 1.0:
+        return "dp-other-eps"
+    return f"dp {st.get('trainable')}"
+
+
+def pays_table(files: list[dict[str, Any]]) -> list[str]:
+    """Where a private step starts to pay: best gain per (data per client) and kind.
+
+    One row per dataset and client count (files of the same pair merged); each cell the
+    best ensemble / students gain (points) over the recipes of that kind that were run.
+    """
+    cols = [("dp head", "DP, head"), ("dp adapters", "DP, adapters + head"),
+            ("dp all", "DP, all layers"), ("non-private head", "no DP, head"),
+            ("non-private adapters", "no DP, adapters + head"),
+            ("non-private all", "no DP, all layers")]
+    best: dict[tuple[str, int, int], dict[str, tuple[float, float]]] = {}
+    for data in files:
+        for run in data["runs"]:
+            key = (run.get("dataset", "rotten-tomatoes"), run.get("clients", 10),
+                   min(run["partition_sizes"]))
+            cells = best.setdefault(key, {})
+            for row in run["rows"]:
+                kind = _recipe_kind(row)
+                gain = (100 * row["gain_ensemble"], 100 * row["gain_students"])
+                if kind and (kind not in cells or gain > cells[kind]):
+                    cells[kind] = gain
+    lines = ["**Where the private step pays** (ε = 8 per client, seed 0; best gain over the "
+             "recipes of each kind that were run (a best of several leans high), "
+             "*ensemble / students* in points; "
+             f"≥ +{PAYS_POINTS:g} on the ensemble counts as paying, smaller is within one "
+             "test set's noise; — not run):", "",
+             "| data | clients × private examples | " + " | ".join(c for _, c in cols)
+             + " | DP pays? |",
+             "|---|---|" + "---|" * (len(cols) + 1)]
+    for (dataset, clients, size), cells in sorted(best.items(), key=lambda kv: (kv[0][0],
+                                                                                 -kv[0][1])):
+        parts = [f"{cells[k][0]:+.1f} / {cells[k][1]:+.1f}" if k in cells else "—"
+                 for k, _ in cols]
+        dp = [cells[k][0] for k in ("dp head", "dp adapters", "dp all") if k in cells]
+        pays = "yes" if dp and max(dp) >= PAYS_POINTS else "no"
+        lines.append(f"| {dataset} | {clients} × {size:,} | " + " | ".join(parts)
+                     + f" | {pays} |")
     return lines
 
 

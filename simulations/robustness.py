@@ -545,6 +545,11 @@ def _rule_table(
     return lines
 
 
+def _class0(setup: dict[str, Any]) -> str:
+    share = setup.get("class0_share")
+    return "" if share is None else f" ({_pct(share)}% of the test set)"
+
+
 def _confirm_lines(confirm: dict[str, Any], preset: str) -> list[str]:
     """The real-pipeline section: every run, each attack's check, the headline."""
     per_attack = confirm.get("per_attack") or [
@@ -690,8 +695,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Round-0 teacher: {_pct(rp['round0_accuracy'])}. Attacks: `flip` reverses the "
         "class order, `noise` sends uniform noise on the simplex, `wrong-onehot` puts all "
-        "mass on a wrong class, `collude` has every attacker push class 0. Fractions are "
-        f"of the {setup['num_clients']} clients.",
+        "mass on a wrong class, `collude` has every attacker push class 0"
+        f"{_class0(setup)}. Fractions are of the {setup['num_clients']} clients.",
         "",
         *_rule_table(head, rules, cols, table),
     ]
@@ -1162,8 +1167,10 @@ def _test_facts(cfg: FedConfig) -> dict[str, Any]:
     from common.task import prepare_task
 
     y = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len).test_y.numpy()
-    share = float(np.bincount(y).max() / len(y)) if len(y) else None
-    return {"test_examples": len(y), "majority_share": share}
+    counts = np.bincount(y)
+    share = float(counts.max() / len(y)) if len(y) else None
+    class0 = float(counts[0] / len(y)) if len(y) else None  # the class `collude` pushes
+    return {"test_examples": len(y), "majority_share": share, "class0_share": class0}
 
 
 def final_teacher_scores(cfg: FedConfig, run_dir: Path) -> dict[str, float | None]:

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if sys.path[0] != str(ROOT):  # first: Opacus ships a top-level ``benchmarks`` package too
     sys.path.insert(0, str(ROOT))
 
+from common.config import DP_TRAINABLE  # noqa: E402
 from common.models import ModelConfig, build_model, count_parameters  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: the machine is shared; compare like with like)")
-    parser.add_argument("--trainable", default="all", choices=("all", "head", "adapters"),
+    parser.add_argument("--trainable", default="all", choices=DP_TRAINABLE,
                         help="what every mode trains (head: the clients' default DP step)")
     parser.add_argument("--out", default="", help="default: results/dp_cost[-TRAINABLE].json")
     parser.add_argument("--memory-child", nargs=4, metavar=("FAMILY", "MODE", "BATCH", "DATA"),

@@ -47,7 +47,8 @@ from common.training import (  # noqa: E402
     steps_per_epoch,
     train_supervised,
 )
-from common.training.adapters import add_adapters, merge_adapters  # noqa: E402
+from common.training.adapters import merge_adapters  # noqa: E402
+from common.training.dp import set_trainable  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CPU = torch.device("cpu")
@@ -58,7 +59,7 @@ class Recipe:
     """One way to spend a client's whole budget on its partition."""
 
     name: str
-    trainable: str = "head"  # head | all | adapters
+    trainable: str = "head"  # head | all | adapters | embedding
     rank: int = 4  # LoRA rank (trainable = adapters)
     epochs: float = 5.0  # passes over the partition in all (5 rounds x dp-epochs 1)
     batch: int = 128  # expected logical batch (Poisson)
@@ -86,6 +87,11 @@ RECIPES = (
     Recipe("adapters r8 + head, AdamW lr 5e-3", trainable="adapters", rank=8,
            optimizer="adamw", lr=5e-3),
     Recipe("non-private fine-tune, adapters r4 + head (reference)", trainable="adapters",
+           epochs=3, lr=2e-3, epsilon_scale=0.0),
+    Recipe("embedding + head, AdamW lr 2e-3", trainable="embedding", optimizer="adamw",
+           lr=2e-3),
+    Recipe("embedding + head, B 512, SGD lr 2", trainable="embedding", batch=512, lr=2.0),
+    Recipe("non-private fine-tune, embedding + head (reference)", trainable="embedding",
            epochs=3, lr=2e-3, epsilon_scale=0.0),
 )
 
@@ -117,14 +123,8 @@ def _distilled_students(cfg: FedConfig, task: Any, epochs: int) -> list[torch.nn
 def _fine_tune(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
                cfg: FedConfig, seed: int) -> torch.nn.Module:
     model = copy.deepcopy(student)
-    if recipe.epsilon_scale == 0:
-        if recipe.trainable == "head":  # the same capacity as head-only DP, without noise
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in model.head.parameters():
-                p.requires_grad_(True)
-        if recipe.trainable == "adapters":
-            add_adapters(model, recipe.rank)
+    if recipe.epsilon_scale == 0:  # the same trainable set as the DP recipe, without noise
+        set_trainable(model, recipe.trainable, recipe.rank)
         train_supervised(model, x, y, epochs=int(recipe.epochs), lr=recipe.lr,
                          batch_size=recipe.batch, device=CPU, seed=seed)
         merge_adapters(model)

@@ -24,7 +24,7 @@ ENCODINGS = ("float32", "float16", "int8", "topk")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 DP_OPTIMIZERS = ("sgd", "adamw")
-DP_TRAINABLE = ("all", "head", "adapters")
+DP_TRAINABLE = ("all", "head", "adapters", "embedding")
 ACCOUNTANTS = ("rdp", "prv")
 SIZES = ("tiny", "small", "base")
 ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "nan", "shape", "raise")
@@ -85,7 +85,7 @@ class FedConfig:
     dp_epochs: float = 1.0  # passes over the private data per round
     dp_lr: float = 0.1
     dp_optimizer: str = "sgd"  # sgd (with momentum) | adamw
-    dp_trainable: str = "head"  # all | head | adapters: fewer dimensions, less noise
+    dp_trainable: str = "head"  # all | head | adapters | embedding (+ head)
     dp_adapter_rank: int = 4  # rank of the LoRA adapters (dp-trainable = "adapters")
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)

@@ -176,3 +176,36 @@ def test_config_accepts_adapters_and_refuses_a_bad_rank() -> None:
         FedConfig(dp_adapter_rank=0)
     with pytest.raises(ConfigError, match="adapters"):
         FedConfig(dp_trainable="lora")
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm", "cnn"])
+def test_dp_train_with_the_embedding_trainable_changes_only_the_embedding_and_the_head(
+    family: str,
+) -> None:
+    model = _student(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch(64, seed=4)
+    dp_train(
+        model,
+        x,
+        y,
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        expected_batch_size=16,
+        steps=4,
+        lr=0.5,
+        trainable="embedding",
+        device=CPU,
+        grad_sample_mode="hooks",
+    )
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert "tok_emb.weight" in changed and "head.weight" in changed
+    assert all(k.startswith(("tok_emb.", "head.")) for k in changed), changed
+
+
+def test_a_model_without_an_embedding_is_refused_for_the_embedding_trainable() -> None:
+    from common.training.dp import set_trainable
+
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="tok_emb"):
+        set_trainable(model, "embedding")

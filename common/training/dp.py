@@ -145,7 +145,11 @@ def _unwrap(gm: nn.Module) -> nn.Module:
 
 
 def set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> None:
-    """Freeze ``model`` but for what ``trainable`` names (``adapters`` adds the adapters)."""
+    """Freeze ``model`` but for what ``trainable`` names (``adapters`` adds the adapters).
+
+    ``embedding`` trains the token embedding and the head: on rotten-tomatoes that is
+    where a non-private fine-tune finds the private signal (docs/RESULTS.md).
+    """
     if trainable == "all":
         return
     if trainable == "adapters":
@@ -153,16 +157,21 @@ def set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> No
             raise ConfigError(f"dp-adapter-rank={adapter_rank} must be >= 1.")
         add_adapters(model, adapter_rank)
         return
-    if trainable != "head":
-        raise ConfigError(f"dp-trainable={trainable!r} is not one of all, head, adapters.")
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Module):
-        raise ConfigError(f"dp-trainable='head' needs a model with a `head` layer; "
-                          f"{type(model).__name__} has none. Use dp-trainable='all'.")
+    if trainable not in ("head", "embedding"):
+        raise ConfigError(
+            f"dp-trainable={trainable!r} is not one of all, head, adapters, embedding."
+        )
+    parts = ["head"] if trainable == "head" else ["tok_emb", "head"]
+    modules = [getattr(model, name, None) for name in parts]
+    if not all(isinstance(m, nn.Module) for m in modules):
+        raise ConfigError(f"dp-trainable={trainable!r} needs a model with "
+                          f"{' and '.join(f'`{n}`' for n in parts)}; "
+                          f"{type(model).__name__} lacks one. Use dp-trainable='all'.")
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(True)
 
 
 def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -93,6 +93,13 @@ RECIPES = (
     Recipe("embedding + head, B 512, SGD lr 2", trainable="embedding", batch=512, lr=2.0),
     Recipe("non-private fine-tune, embedding + head (reference)", trainable="embedding",
            epochs=3, lr=2e-3, epsilon_scale=0.0),
+    Recipe("embedding + head, B 512, SGD lr 4", trainable="embedding", batch=512, lr=4.0),
+    Recipe("embedding + head, B 512, 10 epochs, SGD lr 2", trainable="embedding", batch=512,
+           lr=2.0, epochs=10),
+    Recipe("embedding + head, full batch, SGD lr 2", trainable="embedding", batch=4096,
+           lr=2.0),
+    Recipe("embedding + head, B 512, SGD lr 2, at ε/8", trainable="embedding", batch=512,
+           lr=2.0, epsilon_scale=1 / 8),
 )
 
 

@@ -100,6 +100,9 @@ RECIPES = (
            lr=2.0),
     Recipe("embedding + head, B 512, SGD lr 2, at ε/8", trainable="embedding", batch=512,
            lr=2.0, epsilon_scale=1 / 8),
+    Recipe("embedding + head, B 512, SGD lr 0.5, at ε/8", trainable="embedding", batch=512,
+           lr=0.5, epsilon_scale=1 / 8),
+    Recipe("embedding + head, B 512, SGD lr 0.5", trainable="embedding", batch=512, lr=0.5),
 )
 
 

@@ -324,3 +324,20 @@ def test_dp_cost_trainer_with_the_head_trainable_steps_only_the_head() -> None:
                                           trainable="head")
         assert trainer.params == 130  # the head of the tiny student (64 x 2 + 2)
         trainer.step(x[:8], y[:8])
+
+
+def test_uplink_at_equal_accuracy_is_a_bound_from_the_real_runs() -> None:
+    render = _load("render")
+
+    def row(method: str, acc: float, up: int, budget: float = 8.0) -> dict:
+        return {"method": method, "seed": 0, "privacy": {"budget": budget},
+                "final": {"student_accuracy_mean": acc}, "communication": {"bytes_up": up}}
+
+    results = {"default": {"rows": [row("federated-distillation", 0.62, 1_000),
+                                    row("fedavg", 0.58, 250_000),
+                                    row("dp-fedavg", 0.65, 250_000),  # ahead: no bound
+                                    row("fedavg", 0.50, 9, budget=1.0)]}}  # other ε
+    lines = render.equal_accuracy_lines(results)
+    body = [line for line in lines if line.startswith("- ")]
+    assert len(body) == 1 and "**250x**" in body[0] and "never reached" in body[0]
+    assert render.equal_accuracy_lines({"x": {"benchmark": "dp_cost", "rows": []}}) == []

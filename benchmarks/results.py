@@ -55,8 +55,20 @@ def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
         else:
             summary = run_baseline(method, cfg)
         summary["method"] = method
+        if method in VARIANTS:  # the baselines train from scratch ("How to read")
+            summary["private_step"] = private_step(cfg, method)
         rows.append(summary)
     return rows
+
+
+def private_step(cfg: Any, method: str) -> str:
+    """What the clients' private step was in one run (the recipe is a preset choice)."""
+    if method == "public-only" or not cfg.private_training:
+        return "none"
+    if not cfg.dp:
+        return "no DP, all layers"
+    return (f"DP {cfg.dp_trainable}, B {cfg.dp_batch_size}, {cfg.dp_optimizer} "
+            f"lr {cfg.dp_lr:g}")
 
 
 def environment() -> dict[str, Any]:
@@ -91,16 +103,17 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                   + "  ",
                   f"Environment: torch {env['torch']}, opacus {env['opacus']}, flwr "
                   f"{env['flwr']}, {env['device']}.", "",
-                  "| method | seed | teacher (initial → final) | ensemble | students (mean) "
-                  "| ε max (budget) | δ | bytes up | bytes down | wall s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | seed | private step | teacher (initial → final) | ensemble "
+                  "| students (mean) | ε max (budget) | δ | bytes up | bytes down | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in data["rows"]:
             f, p, c = row["final"], row["privacy"], row["communication"]
             teacher = ("—" if f.get("teacher_accuracy") is None else
                        f"{_fmt(f['teacher_accuracy_initial'])} → {_fmt(f['teacher_accuracy'])}")
             eps = "∞ (no DP)" if p.get("epsilon_max") is None else _fmt(p["epsilon_max"], 2)
             lines.append(
-                f"| {row['method']} | {row['seed']} | {teacher} | "
+                f"| {row['method']} | {row['seed']} | {row.get('private_step', '—')} | "
+                f"{teacher} | "
                 f"{_fmt(f.get('ensemble_accuracy'))} | {_fmt(f.get('student_accuracy_mean'))} | "
                 f"{eps} ({p['budget']}) | {p['delta']:g} | {c['bytes_up']:,} | "
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")

@@ -136,10 +136,10 @@ TRAINABLE_NOTE = (
     "**The clients' own DP step: `--trainable {trainable}`.** Every mode, the non-private "
     "one included, trains only what `dp-trainable = {trainable}` trains (the rest frozen, "
     "as `dp_train` freezes it), so the ratios compare DP-SGD with non-private SGD on the "
-    "same parameters. `head` is the configuration's default (and the `sst2` preset's), "
-    "`embedding` (token embedding + head) the `default` preset's, chosen for accuracy "
-    "(docs/RESULTS.md, \"Where the private step pays\"); the first table trains all "
-    "layers, the cost of DP on the whole student.")
+    "same parameters. `head` is the default of every preset; `embedding` (token "
+    "embedding + head) carries more private signal on Rotten Tomatoes (docs/RESULTS.md, "
+    '"Where the private step pays"); the first table trains all layers, the cost of DP '
+    "on the whole student.")
 
 
 def dp_cost_table(data: dict[str, Any]) -> list[str]:

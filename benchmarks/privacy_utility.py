@@ -303,6 +303,12 @@ def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
                   + " come from `benchmarks/results.py` runs: "
                   + "; ".join(f"`benchmarks/results/{p}.json` ({_results_env(results[p])})"
                               for p in sources if p in results) + ".", ""]
+    steps = [f"`{p}` ε={r['privacy']['budget']:g}: {r['private_step']}"
+             for p in presets if p in results for r in results[p].get("rows", [])
+             if r["method"] == "federated-distillation" and "private_step" in r
+             and r["seed"] == data["settings"].get("seed", 0)]
+    if steps:  # the recipe is a choice of each run (docs/RESULTS.md's private-step column)
+        lines += ["FD cells' private step: " + "; ".join(steps) + ".", ""]
     lines += [f"| dataset | method | {head} |", "|---|---|" + "---:|" * len(keys)]
     for preset in presets:
         dataset = data["settings"]["configs"].get(preset, {}).get("dataset", preset)

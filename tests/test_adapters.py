@@ -137,11 +137,12 @@ def test_clipped_adapter_gradient_equals_the_clipped_per_example_mean(mode: str)
         torch.testing.assert_close(p.grad, ref, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", ["transformer", "lstm", "cnn"])
-def test_dp_train_with_adapters_changes_only_linear_weights_and_the_head(family: str) -> None:
-    model = _student(family)
+def _dp_changed(
+    model: nn.Module, trainable: str, *, seed: int, steps: int, **kwargs: object
+) -> set[str]:
+    """Run a short DP-SGD of ``model`` in place; the state-dict keys whose tensors moved."""
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = _batch(64, seed=2)
+    x, y = _batch(64, seed=seed)
     dp_train(
         model,
         x,
@@ -149,21 +150,28 @@ def test_dp_train_with_adapters_changes_only_linear_weights_and_the_head(family:
         noise_multiplier=0.5,
         max_grad_norm=1.0,
         expected_batch_size=16,
-        steps=6,
+        steps=steps,
         lr=0.5,
-        trainable="adapters",
-        adapter_rank=2,
+        trainable=trainable,
         device=CPU,
-        grad_sample_mode="ghost",
+        **kwargs,
     )
     after = model.state_dict()
-    assert set(after) == set(before)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert set(after) == set(before)  # adapters are folded back: same keys
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm", "cnn"])
+def test_dp_train_with_adapters_changes_only_linear_weights_and_the_head(family: str) -> None:
+    model = _student(family)
+    changed = _dp_changed(
+        model, "adapters", seed=2, steps=6, adapter_rank=2, grad_sample_mode="ghost"
+    )
     assert any(k.startswith("head.") for k in changed)
     body_linears = {
         f"{n}.weight" for n, m in model.named_modules() if type(m) is nn.Linear and n != "head"
     }
-    assert changed <= body_linears | {k for k in before if k.startswith("head.")}
+    assert changed <= body_linears | {"head.weight", "head.bias"}
     if family == "transformer":
         assert body_linears & changed  # the adapters reached the body
     else:  # no plain nn.Linear in the body: adapters = the head alone
@@ -182,23 +190,7 @@ def test_config_accepts_adapters_and_refuses_a_bad_rank() -> None:
 def test_dp_train_with_the_embedding_trainable_changes_only_the_embedding_and_the_head(
     family: str,
 ) -> None:
-    model = _student(family)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = _batch(64, seed=4)
-    dp_train(
-        model,
-        x,
-        y,
-        noise_multiplier=0.5,
-        max_grad_norm=1.0,
-        expected_batch_size=16,
-        steps=4,
-        lr=0.5,
-        trainable="embedding",
-        device=CPU,
-        grad_sample_mode="hooks",
-    )
-    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    changed = _dp_changed(_student(family), "embedding", seed=4, steps=4, grad_sample_mode="hooks")
     assert "tok_emb.weight" in changed and "head.weight" in changed
     assert all(k.startswith(("tok_emb.", "head.")) for k in changed), changed
 

@@ -39,6 +39,7 @@ from common.config import FedConfig  # noqa: E402
 from common.distill.losses import soften  # noqa: E402
 from common.models import ModelConfig, build_model  # noqa: E402
 from common.privacy.accounting import calibrate_noise_multiplier  # noqa: E402
+from common.privacy.secrets import fresh_seeds  # noqa: E402
 from common.task import client_partitions, prepare_task  # noqa: E402
 from common.training import (  # noqa: E402
     distill,
@@ -148,7 +149,8 @@ def _fine_tune(student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, recip
     dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=recipe.clip,
              expected_batch_size=batch, steps=steps, lr=recipe.lr, optimizer=recipe.optimizer,
              trainable=recipe.trainable, grad_sample_mode="ghost",
-             max_physical_batch_size=cfg.max_physical_batch_size, device=CPU, seed=seed,
+             max_physical_batch_size=cfg.max_physical_batch_size, device=CPU,
+             seeds=fresh_seeds(),
              adapter_rank=recipe.rank)
     return model
 

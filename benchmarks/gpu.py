@@ -77,6 +77,7 @@ def privacy_utility(*, device: torch.device, steps: int, batch: int, rows: int, 
     """
     from common.models import build_model
     from common.privacy.accounting import calibrate_noise_multiplier
+    from common.privacy.secrets import fresh_seeds
     from common.task import prepare_task
     from common.training.dp import dp_train, steps_per_epoch
     from common.training.loops import evaluate_accuracy
@@ -100,7 +101,8 @@ def privacy_utility(*, device: torch.device, steps: int, batch: int, rows: int, 
         dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=MAX_GRAD_NORM,
                  expected_batch_size=batch, steps=steps, lr=lr, optimizer=optimizer,
                  grad_sample_mode=mode,
-                 max_physical_batch_size=max(batch * 2, 256), device=device, seed=seed)
+                 max_physical_batch_size=max(batch * 2, 256), device=device,
+                 seeds=fresh_seeds())
         acc = evaluate_accuracy(model, task.test_x, task.test_y, device=device)
         row = {"epsilon": None if math.isinf(eps) else eps, "delta": DELTA,
                "noise_multiplier": sigma, "sample_rate": q, "steps": steps,

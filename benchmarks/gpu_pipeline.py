@@ -25,6 +25,7 @@ from common.config import FedConfig  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.distill.losses import soften  # noqa: E402
 from common.models import ModelConfig, build_model  # noqa: E402
+from common.privacy.secrets import fresh_seeds  # noqa: E402
 from common.task import client_partitions, prepare_task  # noqa: E402
 from common.training import (  # noqa: E402
     distill,
@@ -80,7 +81,8 @@ def main() -> None:
             result = timed(f"{family} dp-sgd {mode}/{trainable}", lambda s=student, m=mode,
                            t=trainable: dp_train(
                 s, x, y, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=128,
-                steps=20, lr=cfg.dp_lr, trainable=t, grad_sample_mode=m, device=device))
+                steps=20, lr=cfg.dp_lr, trainable=t, grad_sample_mode=m, device=device,
+                seeds=fresh_seeds()))
             probs = soften(predict_logits(student, task.test_x, device=device), 1.0)
             key = f"{family}/{mode}/{trainable}"
             on_device[key] = next(student.parameters()).device.type

@@ -1,10 +1,13 @@
 """The ClientApp: one round of a client, following DESIGN.md "One round", step 2.
 
-(a) check the round's DP plan against the ledger and decline rather than exceed the
-budget; (b) distil the student towards the teacher's knowledge on the public batch (no
-ε); (c) DP-SGD on the private partition with Opacus; (d) the ledger records the event
-*before* training, so a crash can only over-count, never lose budget; (e) reply with the
-student's soft labels on the public batch, ε so far and the example count.
+(a) check the round against the node's own privacy policy and its ledger, and decline
+rather than exceed the budget, train without DP, or answer unmasked where the policy
+forbids it; (b) distil the student towards the teacher's knowledge on the public batch
+(no ε); (c) DP-SGD on the private partition with Opacus, its sampling and noise seeded
+from the node's secret; (d) the ledger records the event *before* training, so a crash can
+only over-count, never lose budget, and what Opacus ran is checked against it before
+anything is sent; (e) reply with the student's soft labels on the public batch, ε so far,
+the ledger's head, a bucketed example count, and reason codes instead of error text.
 """
 
 from __future__ import annotations
@@ -26,19 +29,22 @@ from flwr.compat.common import recorddict_compat as compat
 
 from client.attacks import FAULTS, POISONING, corrupt, is_malicious, poison
 from client.private_data import load_private_dir
-from client.state import ClientState, NoisePlan
+from client.state import ClientState
 from common.config import FedConfig
 from common.device import resolve_device
 from common.distill.codec import decode_knowledge, encode_knowledge
 from common.distill.losses import soften
-from common.errors import KnowledgeError
+from common.errors import KnowledgeError, PolicyRefusal
 from common.models import ModelConfig, build_model
-from common.privacy.accounting import (
-    DpEvent,
-    calibrate_noise_multiplier,
-    check_budget,
-    epsilon_from_events,
+from common.privacy.accounting import check_budget
+from common.privacy.planner import (
+    NoisePlan,
+    check_ran_as_planned,
+    plan_noise,
+    sample_rate_and_steps,
 )
+from common.privacy.policy import NodePolicy, Refusal
+from common.privacy.secrets import DpSeeds
 from common.protocol import (
     FITINS_PARAMETERS,
     INFO,
@@ -48,13 +54,16 @@ from common.protocol import (
     ROUND,
     SOFT_LABELS,
     TEST_SOFT_LABELS,
+    LedgerHead,
     RoundPlan,
     from_array_record,
+    refusal_record,
+    released_count,
     to_array_record,
     unpack_secure_instructions,
 )
 from common.task import PreparedTask, client_partitions, prepare_task
-from common.training import distill, dp_train, predict_logits, steps_per_epoch, train_supervised
+from common.training import distill, dp_train, predict_logits, train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +85,27 @@ class NodeSettings:
     partition_id: int
     num_partitions: int
     state_dir: Path
-    epsilon: float | None  # a node's own budget overrides the run's
+    policy: NodePolicy  # the node's privacy rules (common/privacy/policy.py)
     data_dir: Path | None = None  # a deployed node's own files replace the simulated partition
 
     @classmethod
     def from_context(cls, context: Context, cfg: FedConfig) -> NodeSettings:
         nc = context.node_config
         pid = int(nc.get("partition-id", 0))
-        state_dir = nc.get("state-dir") or str(Path(cfg.out_dir) / "clients" / f"client-{pid}")
-        eps = nc.get("epsilon")
+        state_dir = Path(str(nc.get("state-dir")
+                             or Path(cfg.out_dir) / "clients" / f"client-{pid}"))
         data_dir = nc.get("data-dir")
-        return cls(pid, int(nc.get("num-partitions", cfg.num_clients)), Path(str(state_dir)),
-                   float(eps) if eps is not None else None,
+        return cls(pid, int(nc.get("num-partitions", cfg.num_clients)), state_dir,
+                   NodePolicy.load(state_dir, nc),
                    Path(str(data_dir)).expanduser() if data_dir else None)
+
+
+class NodeRoundFailed(RuntimeError):
+    """What the coordinator learns of a failed round: a reason code, never the text.
+
+    Exception text can quote private data (a label value, a column name, a path); the full
+    traceback stays in this node's own log.
+    """
 
 
 @app.train()
@@ -98,17 +115,34 @@ def train(msg: Message, context: Context) -> Message:
     cfg = FedConfig.from_mapping(context.run_config)
     node = NodeSettings.from_context(context, cfg)
     secure = FITINS_PARAMETERS in msg.content.array_records
+    try:
+        if not secure and node.policy.require_secure_aggregation:
+            raise PolicyRefusal(Refusal.UNMASKED, "this node answers only rounds under "
+                                "SecAgg+ (its policy: require-secure-aggregation = true)")
+        plan, indices, knowledge = _instructions(msg, secure)
+        result = _client_round(cfg, node, plan, indices, knowledge)
+        content = (_secure_reply(cfg, node, result) if secure
+                   else _plain_reply(cfg, node, result))
+    except PolicyRefusal as exc:
+        log.warning("client-%s refuses the round: %s", node.partition_id, exc)
+        return Message(refusal_record(exc.code), reply_to=msg)
+    except Exception:
+        log.exception("client-%s: the round failed; the coordinator gets only the code %r",
+                      node.partition_id, Refusal.FAILED)
+        raise NodeRoundFailed(Refusal.FAILED) from None
+    return Message(content, reply_to=msg)
+
+
+def _instructions(msg: Message,
+                  secure: bool) -> tuple[RoundPlan, np.ndarray, dict[str, np.ndarray]]:
+    """The round plan, the public indices and the teacher's knowledge, plain or secure."""
     if secure:  # the legacy FitIns that secaggplus_mod needs (common/protocol.py)
         fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-        plan, indices, knowledge = unpack_secure_instructions(
-            parameters_to_ndarrays(fitins.parameters), fitins.config)
-    else:
-        plan = RoundPlan.from_record(msg.content.config_records[ROUND])
-        indices = from_array_record(msg.content, PUBLIC)["indices"]
-        knowledge = from_array_record(msg.content, KNOWLEDGE)
-    result = _client_round(cfg, node, plan, indices, knowledge)
-    content = _secure_reply(cfg, node, result) if secure else _plain_reply(cfg, node, result)
-    return Message(content, reply_to=msg)
+        return unpack_secure_instructions(parameters_to_ndarrays(fitins.parameters),
+                                          fitins.config)
+    return (RoundPlan.from_record(msg.content.config_records[ROUND]),
+            from_array_record(msg.content, PUBLIC)["indices"],
+            from_array_record(msg.content, KNOWLEDGE))
 
 
 @dataclass(frozen=True)
@@ -120,13 +154,11 @@ class RoundResult:
     test_probs: np.ndarray | None  # (n_test, C) at T=1, in evaluate rounds
     test_accuracy: float | None
     epsilon: float
-    num_examples: int
-    declined: bool
-    reason: str
-    steps: int
-    sigma: float
+    num_examples: int  # already bucketed: what may leave the node (released_count)
+    private: PrivateOutcome
     student: str
     client_id: str
+    ledger: LedgerHead
 
 
 def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: np.ndarray,
@@ -154,13 +186,10 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
             seed=cfg.seed + plan.round)
 
-    # (a, c, d) private training under DP, within the budget
+    # (a, c, d) private training under DP, within the node's budget
     x_priv, y_priv = _private_data(cfg, node, task)
-    budget = node.epsilon if node.epsilon is not None else cfg.epsilon
-    declined, reason, sigma, steps = _private_round(
-        cfg, plan, state, student, x_priv, y_priv, budget=budget, device=device,
-        client_id=client_id,
-    )
+    private = _private_round(cfg, plan, state, student, x_priv, y_priv, policy=node.policy,
+                             device=device, client_id=client_id)
     state.save_student(student)
 
     # (e) soft labels on the public batch (post-processing: no ε)
@@ -169,12 +198,22 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
         test_accuracy = float((test_probs.argmax(1) == task.test_y.numpy()).mean())
+    head, records = state.ledger.head()
     return RoundResult(
         round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,
-        epsilon=state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant),
-        num_examples=int(len(y_priv)), declined=declined, reason=reason, steps=int(steps),
-        sigma=float(sigma), student=family, client_id=client_id,
+        epsilon=_reported_epsilon(state, cfg),
+        num_examples=released_count(len(y_priv), cfg.aggregation), private=private,
+        student=family, client_id=client_id,
+        ledger=LedgerHead(head, records, state.key_fingerprint),
     )
+
+
+def _reported_epsilon(state: ClientState, cfg: FedConfig) -> float:
+    """ε of everything recorded, at the ledger's own δ; ∞ once private data was used
+    without DP (which only a node whose policy allows it ever does)."""
+    if state.trained_without_dp():
+        return math.inf
+    return state.ledger.epsilon(accountant=cfg.accountant)
 
 
 def _plain_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
@@ -186,22 +225,30 @@ def _plain_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> Rec
         content[TEST_SOFT_LABELS] = to_array_record(
             encode_knowledge(result.test_probs, "float16"))
     content[METRICS] = MetricRecord({
-        "epsilon": result.epsilon,
+        "epsilon": _finite_epsilon(result),
         "num-examples": result.num_examples,
-        "declined": int(result.declined),
-        "dp-steps": result.steps,
-        "noise-multiplier": result.sigma,
+        "declined": int(result.private.declined),
+        "dp-steps": result.private.steps,
+        "noise-multiplier": result.private.sigma,
     })
-    content[INFO] = ConfigRecord({"student": result.student, "reason": result.reason,
-                                  "client-id": result.client_id})
+    content[INFO] = ConfigRecord({"student": result.student, "reason": result.private.reason,
+                                  "client-id": result.client_id,
+                                  "non-private": result.private.non_private,
+                                  **result.ledger.to_info()})
     return content
+
+
+def _finite_epsilon(result: RoundResult) -> float:
+    """Metrics must be finite: a non-private round says so in ``non-private`` instead."""
+    return result.epsilon if math.isfinite(result.epsilon) else 0.0
 
 
 def _secure_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
     """A FitRes for secaggplus_mod to mask: only the sum of these arrays is ever seen.
 
-    The count is the weight of the weighted mean, capped at ``secagg-max-weight`` so the
-    masked sum cannot overflow (1 for the plain mean). It and the metrics stay visible.
+    The count is the weight of the weighted mean (bucketed, and capped at
+    ``secagg-max-weight`` so the masked sum cannot overflow; 1 for the plain mean). It and
+    the metrics stay visible.
     """
     probs = _attacked(cfg, node, result.probs, result.round)
     arrays = [probs.astype(np.float64).reshape(-1)]
@@ -209,10 +256,12 @@ def _secure_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> Re
         arrays.append(result.test_probs.astype(np.float64).reshape(-1))
     weight = min(result.num_examples, cfg.secagg_max_weight)
     metrics = {
-        "epsilon": result.epsilon, "declined": int(result.declined), "dp-steps": result.steps,
-        "noise-multiplier": result.sigma, "student": result.student,
-        "client-id": result.client_id, "reason": result.reason,
+        "epsilon": _finite_epsilon(result), "declined": int(result.private.declined),
+        "dp-steps": result.private.steps, "noise-multiplier": result.private.sigma,
+        "student": result.student, "client-id": result.client_id,
+        "reason": result.private.reason, "non-private": result.private.non_private,
         "test-accuracy": -1.0 if result.test_accuracy is None else result.test_accuracy,
+        **result.ledger.to_info(),
     }
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
                     weight if cfg.aggregation == "weighted-mean" else 1, metrics)
@@ -261,75 +310,98 @@ def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelCon
                        num_classes=task.num_classes, max_len=cfg.max_len)
 
 
+@dataclass(frozen=True)
+class PrivateOutcome:
+    """What step (c) did: trained under DP, declined (with a reason code), or neither."""
+
+    declined: bool = False
+    reason: str = ""  # a Refusal code; the full text stays in the node's log
+    sigma: float = 0.0
+    steps: int = 0
+    non_private: bool = False  # private data used without DP (only if the policy allows)
+
+
 def _private_round(
     cfg: FedConfig, plan: RoundPlan, state: ClientState, student: torch.nn.Module,
-    x: torch.Tensor, y: torch.Tensor, *, budget: float, device: torch.device, client_id: str,
-) -> tuple[bool, str, float, int]:
-    """Train on the private partition if the plan fits; returns (declined, reason, σ, steps)."""
+    x: torch.Tensor, y: torch.Tensor, *, policy: NodePolicy, device: torch.device,
+    client_id: str,
+) -> PrivateOutcome:
+    """Train on the private partition if the node's policy and budget allow it."""
     if not cfg.private_training:
-        return False, "private training is off (public-only ablation)", 0.0, 0
+        return PrivateOutcome(reason=Refusal.PUBLIC_ONLY)
     if state.ledger.has_round(plan.run_id, plan.round):
         # The event is already recorded (a retry after a crash): never spend it twice.
-        return True, f"round {plan.round} of run {plan.run_id} is already in the ledger", 0.0, 0
+        return _decline(client_id, Refusal.ALREADY_SPENT,
+                        f"round {plan.round} of run {plan.run_id} is already in the ledger")
     if not cfg.dp:
-        steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
-        # The same data without DP, with the plain loop's AdamW (at the distillation lr).
-        train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)),
-                         lr=cfg.student_distill_lr,
-                         batch_size=cfg.dp_batch_size, device=device, seed=cfg.seed + plan.round)
-        return False, "non-private training (dp = false): no privacy guarantee", 0.0, steps
-    noise = _noise_plan(cfg, plan, state, len(x), budget)
-    event = DpEvent(noise.noise_multiplier, noise.sample_rate, noise.steps_per_round)
-    check = check_budget(state.ledger.events(), event, delta=cfg.delta, budget=budget,
+        return _non_private_round(cfg, plan, state, student, x, y, policy=policy,
+                                  device=device, client_id=client_id)
+    delta = state.ledger.delta() or policy.delta  # the ledger's first record fixes δ
+    if not policy.delta_fits(delta, len(x)):
+        return _decline(client_id, Refusal.DELTA,
+                        f"δ={delta:g} is not below 1/(10·n) for n={len(x)} examples")
+    budget = policy.budget(cfg.epsilon)
+    noise = _noise_plan(cfg, plan, state, len(x), budget=budget, delta=delta)
+    event = noise.event()
+    check = check_budget(state.ledger.events(), event, delta=delta, budget=budget,
                          accountant=cfg.accountant)
     if not check.fits:
-        log.info("%s declines round %s: %s", client_id, plan.round, check.reason)
-        return True, check.reason, noise.noise_multiplier, 0
+        return _decline(client_id, Refusal.BUDGET, check.reason, sigma=event.noise_multiplier)
     state.ledger.append(run_id=plan.run_id, round=plan.round, client_id=client_id, event=event,
-                        accountant=cfg.accountant, delta=cfg.delta)
-    dp_train(student, x, y, noise_multiplier=noise.noise_multiplier,
-             max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.dp_batch_size,
-             steps=noise.steps_per_round, lr=cfg.dp_lr, optimizer=cfg.dp_optimizer,
-             trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
-             max_physical_batch_size=cfg.max_physical_batch_size, device=device,
-             seed=cfg.seed * 1000 + plan.round, adapter_rank=cfg.dp_adapter_rank)
-    return False, "", noise.noise_multiplier, noise.steps_per_round
+                        accountant=cfg.accountant, delta=delta)
+    ran = dp_train(student, x, y, noise_multiplier=event.noise_multiplier,
+                   max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.dp_batch_size,
+                   steps=event.steps, lr=cfg.dp_lr, optimizer=cfg.dp_optimizer,
+                   trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
+                   max_physical_batch_size=cfg.max_physical_batch_size, device=device,
+                   seeds=DpSeeds.derive(state.secret, plan.run_id, plan.round),
+                   adapter_rank=cfg.dp_adapter_rank)
+    check_ran_as_planned(event, noise_multiplier=ran.noise_multiplier,
+                         sample_rate=ran.sample_rate, steps=ran.steps,
+                         max_grad_norm=ran.max_grad_norm,
+                         planned_max_grad_norm=cfg.max_grad_norm)
+    return PrivateOutcome(sigma=event.noise_multiplier, steps=event.steps)
 
 
-def _noise_plan(cfg: FedConfig, plan: RoundPlan, state: ClientState, n: int,
-                budget: float) -> NoisePlan:
-    """σ for all of this run's planned rounds, calibrated once and kept on disk."""
+def _decline(client_id: str, code: str, why: str, *, sigma: float = 0.0) -> PrivateOutcome:
+    log.info("%s declines the private step (%s): %s", client_id, code, why)
+    return PrivateOutcome(declined=True, reason=code, sigma=sigma)
+
+
+def _non_private_round(
+    cfg: FedConfig, plan: RoundPlan, state: ClientState, student: torch.nn.Module,
+    x: torch.Tensor, y: torch.Tensor, *, policy: NodePolicy, device: torch.device,
+    client_id: str,
+) -> PrivateOutcome:
+    """``dp = false``: declined unless the node's own policy allows non-DP training."""
+    if not policy.allow_non_dp:
+        return _decline(client_id, Refusal.NON_DP, "the run asks for training without DP; "
+                        "this node's policy never allows it (allow-non-dp = false)")
+    state.mark_trained_without_dp()  # before training: from now on its ε is ∞
+    steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
+    # The same data without DP, with the plain loop's AdamW (at the distillation lr).
+    train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)),
+                     lr=cfg.student_distill_lr, batch_size=cfg.dp_batch_size, device=device,
+                     seed=cfg.seed + plan.round)
+    return PrivateOutcome(steps=steps, non_private=True)
+
+
+def _noise_plan(cfg: FedConfig, plan: RoundPlan, state: ClientState, n: int, *,
+                budget: float, delta: float) -> NoisePlan:
+    """σ for this run's remaining rounds, calibrated once and kept on disk.
+
+    A saved plan is reused only while it describes this data: if the number of private
+    examples changed (so q or the steps did), the rest of the run is planned anew after
+    what the ledger already holds, so the recorded q is always the q that is run.
+    """
+    q, steps = sample_rate_and_steps(n, cfg.dp_batch_size, cfg.dp_epochs)
     saved = state.plan(plan.run_id)
-    if saved is not None:
+    if saved is not None and (saved.sample_rate, saved.steps_per_round) == (q, steps):
         return saved
-    q, per_epoch = steps_per_epoch(n, cfg.dp_batch_size)
-    steps = max(1, math.ceil(cfg.dp_epochs * per_epoch))
-    if cfg.noise_multiplier > 0:
-        sigma = cfg.noise_multiplier
-    else:
-        sigma = _calibrate(state, cfg, q, steps * plan.rounds, budget)
-    noise = NoisePlan(sigma, q, steps, plan.rounds)
+    rounds = plan.rounds if saved is None else max(1, plan.rounds - plan.round + 1)
+    noise = plan_noise(budget=budget, delta=delta, num_examples=n,
+                       expected_batch_size=cfg.dp_batch_size, epochs_per_round=cfg.dp_epochs,
+                       rounds=rounds, previous=state.ledger.events(),
+                       accountant=cfg.accountant, noise_multiplier=cfg.noise_multiplier)
     state.save_plan(plan.run_id, noise)
     return noise
-
-
-def _calibrate(state: ClientState, cfg: FedConfig, q: float, total_steps: int,
-               budget: float) -> float:
-    """The smallest σ whose planned steps, after any earlier runs' events, fit the budget."""
-    previous = state.ledger.events()
-    if not previous:
-        return calibrate_noise_multiplier(target_epsilon=budget, delta=cfg.delta,
-                                          sample_rate=q, steps=total_steps,
-                                          accountant=cfg.accountant)
-
-    def eps(sigma: float) -> float:
-        return epsilon_from_events([*previous, DpEvent(sigma, q, total_steps)],
-                                   delta=cfg.delta, accountant=cfg.accountant)
-
-    lo, hi = 0.3, 64.0
-    if eps(hi) > budget:  # what is left cannot pay for these rounds: decline them later
-        return hi
-    for _ in range(30):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if eps(mid) <= budget else (mid, hi)
-    return hi

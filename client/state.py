@@ -5,14 +5,14 @@ student, the noise plan and the privacy ledger live in a per-client directory. T
 ledger is the accountant: ε is always recomputed from its events, so a restart can
 neither reset the budget nor count a round twice. Every record is signed with the client's
 Ed25519 key (``ledger_key.pem``, mode 0600, created on first use); ``ledger_key.pub`` is
-what an auditor needs to run ``fedistill audit verify``.
+what an auditor needs to run ``fedistill audit verify``. ``node_secret`` (mode 0600) seeds
+the node's DP randomness (common/privacy/secrets.py); it never leaves the directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,25 +21,18 @@ from torch import nn
 from common.crypto.keys import (
     LEDGER_KEY_FILE,
     LEDGER_PUBLIC_KEY_FILE,
+    key_fingerprint,
     ledger_signer,
     load_or_create_private_key,
 )
 from common.privacy.ledger import PrivacyLedger
-
-
-@dataclass(frozen=True)
-class NoisePlan:
-    """One noise multiplier for every planned round of a run (OPACUS.md, Accounting)."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps_per_round: int
-    rounds: int
+from common.privacy.planner import NoisePlan
+from common.privacy.secrets import NODE_SECRET_FILE, load_or_create_secret
 
 
 class ClientState:
-    """The files of one client: ``student.pt``, ``plans.json``, ``ledger.jsonl`` and the
-    ledger's key pair ``ledger_key.pem`` / ``ledger_key.pub``."""
+    """The files of one client: ``student.pt``, ``plans.json``, ``ledger.jsonl``, the
+    ledger's key pair ``ledger_key.pem`` / ``ledger_key.pub`` and ``node_secret``."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -48,6 +41,8 @@ class ClientState:
             self.dir / LEDGER_KEY_FILE, self.dir / LEDGER_PUBLIC_KEY_FILE
         )
         self.ledger = PrivacyLedger(self.dir / "ledger.jsonl", signer=ledger_signer(key))
+        self.key_fingerprint = key_fingerprint(key.public_key())
+        self.secret = load_or_create_secret(self.dir / NODE_SECRET_FILE)
 
     # ---------------------------------------------------------------- student
     def load_student(self, model: nn.Module) -> bool:
@@ -60,6 +55,15 @@ class ClientState:
 
     def save_student(self, model: nn.Module) -> None:
         _atomic_torch_save(model.state_dict(), self.dir / "student.pt")
+
+    # ---------------------------------------------------------------- non-DP training
+    def trained_without_dp(self) -> bool:
+        """Whether private data was ever used without DP (then no finite ε holds)."""
+        return (self.dir / "trained-without-dp").exists()
+
+    def mark_trained_without_dp(self) -> None:
+        _atomic_write_text(self.dir / "trained-without-dp",
+                           "private data was used without DP: ε is infinite\n")
 
     # ---------------------------------------------------------------- noise plans
     def plan(self, run_id: str) -> NoisePlan | None:

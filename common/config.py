@@ -75,9 +75,10 @@ class FedConfig:
     student_distill_lr: float = 2e-3
     # --- private training (DP-SGD with Opacus)
     private_training: bool = True  # false = the public-only ablation
-    dp: bool = True  # false = non-private training of the private partition
-    epsilon: float = 8.0  # each client's budget over all rounds (and runs)
-    delta: float = 1e-5
+    dp: bool = True  # false asks for non-private training; a node's policy may refuse it
+    epsilon: float = 8.0  # the ε a run asks each client to stay within (the node's own
+    #                       budget caps it; simulated nodes get this as their budget)
+    delta: float = 1e-5  # simulated nodes get it as their δ; a deployed node keeps its own
     accountant: str = "rdp"  # rdp | prv
     max_grad_norm: float = 1.0
     noise_multiplier: float = 0.0  # 0 = calibrated up front for all planned rounds

@@ -49,3 +49,15 @@ class LedgerError(FedistillError):
 
 class CryptoError(FedistillError):
     """A key file is missing, malformed, of the wrong type, or readable by others."""
+
+
+class PrivacyMismatchError(FedistillError):
+    """What DP-SGD ran differs from the event recorded in the ledger: ε would be wrong."""
+
+
+class PolicyRefusal(FedistillError):
+    """A node's privacy policy forbids what a round asks for; ``code`` says which rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

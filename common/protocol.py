@@ -9,6 +9,7 @@ numpy error escape.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.errors import KnowledgeError
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 # Coordinator -> client
 ROUND = "round"  # ConfigRecord: round, run-id, fingerprint, rounds, evaluate, encoding
@@ -28,6 +32,48 @@ METRICS = "metrics"  # MetricRecord: epsilon, num-examples, declined, dp-steps, 
 INFO = "info"  # ConfigRecord: student family, decline reason
 
 REPLY_METRICS = ("epsilon", "num-examples", "declined", "dp-steps", "noise-multiplier")
+REFUSED = "refused"  # INFO key of a reply that refuses the round: a policy reason code
+COUNT_BUCKET = 100  # example counts leave a node rounded up to a multiple of this
+
+
+def released_count(num_examples: int, aggregation: str) -> int:
+    """The example count a node may release: only the weighted mean needs it, and then
+    only rounded up to a public bucket (the exact count is private-data-derived)."""
+    if aggregation != "weighted-mean":
+        return 1
+    return max(COUNT_BUCKET, -(-num_examples // COUNT_BUCKET) * COUNT_BUCKET)
+
+
+def refusal_record(code: str) -> RecordDict:
+    """A reply that answers a round with a policy refusal and nothing else."""
+    return RecordDict({INFO: ConfigRecord({REFUSED: code})})
+
+
+@dataclass(frozen=True)
+class LedgerHead:
+    """The ledger's last hash, its length and its key's fingerprint, as a reply carries
+    them: the coordinator keeps them so an audit catches truncation, rollback, a new key."""
+
+    head: str
+    records: int
+    key: str
+
+    def to_info(self) -> dict[str, str | int]:
+        return {"ledger-head": self.head, "ledger-records": self.records,
+                "ledger-key": self.key}
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, object]) -> LedgerHead:
+        """Parse what a reply claims; malformed values are a KnowledgeError."""
+        head, records, key = (info.get(k) for k in ("ledger-head", "ledger-records",
+                                                     "ledger-key"))
+        if not (isinstance(head, str) and _HEX64.fullmatch(head)):
+            raise KnowledgeError(f"ledger-head={_short_repr(head)} is not a sha256 hex digest")
+        if not isinstance(records, int) or isinstance(records, bool) or records < 0:
+            raise KnowledgeError(f"ledger-records={_short_repr(records)} is not a count >= 0")
+        if not (isinstance(key, str) and _FINGERPRINT.fullmatch(key)):
+            raise KnowledgeError(f"ledger-key={_short_repr(key)} is not a key fingerprint")
+        return cls(head, records, key)
 
 
 @dataclass(frozen=True)
@@ -126,7 +172,8 @@ def _short_repr(value: object) -> str:
 # on the test set (n*C,)], its metrics those below (visible: SecAgg+ masks only arrays).
 FITINS_PARAMETERS = "fitins.parameters"
 SECURE_REPLY_METRICS = ("epsilon", "declined", "dp-steps", "noise-multiplier",
-                        "test-accuracy", "student", "client-id", "reason")
+                        "test-accuracy", "student", "client-id", "reason", "non-private",
+                        "ledger-head", "ledger-records", "ledger-key")
 
 
 def pack_secure_instructions(

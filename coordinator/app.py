@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,14 @@ from coordinator.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from coordinator.replies import Rejection, ValidReply, validate_reply
+from coordinator.replies import (
+    Rejection,
+    ValidReply,
+    check_pinned_keys,
+    pinned_ledger_keys,
+    secure_ledger_head,
+    validate_reply,
+)
 from coordinator.report import (
     append_metrics,
     rewrite_metrics,
@@ -89,9 +96,10 @@ def main(grid: Grid, context: Context) -> None:
 
     # --- rounds
     nodes = _wait_for_nodes(grid, cfg)
+    pins = pinned_ledger_keys(history)
     for rnd in range(start, cfg.rounds + 1):
         record = _run_round(grid, context, cfg, task, teacher, rnd, run_id, nodes, rng, np_rng,
-                            device)
+                            device, pins)
         history.append(record)
         append_metrics(out, record)
         save_checkpoint(ckpt_path, Checkpoint(run_id, rnd, teacher.state_dict(),
@@ -166,7 +174,7 @@ class RoundOutcome:
 def _run_round(
     grid: Grid, context: Context, cfg: FedConfig, task: PreparedTask,
     teacher: torch.nn.Module, rnd: int, run_id: str, nodes: list[int], rng: random.Random,
-    np_rng: np.random.Generator, device: torch.device,
+    np_rng: np.random.Generator, device: torch.device, pins: dict[str, str],
 ) -> dict[str, Any]:
     """One round: send knowledge, validate and aggregate replies, distil, evaluate."""
     start = time.monotonic()
@@ -182,7 +190,7 @@ def _run_round(
     if cfg.secure_aggregation:
         outcome = _secure_outcome(grid, context, cfg, task, sampled, plan, indices, knowledge)
     else:
-        outcome = _plain_outcome(grid, cfg, task, sampled, plan, indices, knowledge)
+        outcome = _plain_outcome(grid, cfg, task, sampled, plan, indices, knowledge, pins)
     if len(outcome.clients) < cfg.min_replies:
         raise RoundFailedError(
             f"round {rnd}: {len(outcome.clients)} valid replies of {len(sampled)} sampled, "
@@ -203,6 +211,7 @@ def _run_round(
         "declined": sorted(c["client_id"] for c in clients if c["declined"]),
         "epsilon": {c["client_id"]: c["epsilon"] for c in clients},
         "epsilon_max": max(c["epsilon"] for c in clients),
+        "ledgers": {c["client_id"]: asdict(c["ledger"]) for c in clients if c["ledger"]},
         "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
         "bytes_up": outcome.bytes_up,
         "secure_aggregation": cfg.secure_aggregation,
@@ -216,8 +225,8 @@ def _run_round(
 
 
 def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list[int],
-                   plan: RoundPlan, indices: np.ndarray,
-                   knowledge: dict[str, np.ndarray]) -> RoundOutcome:
+                   plan: RoundPlan, indices: np.ndarray, knowledge: dict[str, np.ndarray],
+                   pins: dict[str, str]) -> RoundOutcome:
     """Send, receive and validate every reply; aggregate with the configured rule."""
     messages = [_train_message(plan, indices, knowledge, node) for node in sampled]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
@@ -225,6 +234,8 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
     # as sender: name the node the message went to instead (ids are set when pushed).
     sent_to = {msg.metadata.message_id: msg.metadata.dst_node_id for msg in messages}
     valid, rejected = _validate_all(replies, cfg, task, len(indices), plan.evaluate, sent_to)
+    valid, swapped = check_pinned_keys(valid, pins)
+    rejected += swapped
     if cfg.save_replies:
         save_round_replies(Path(cfg.out_dir), plan.round, indices, [r.probs for r in valid],
                            [r.num_examples for r in valid], [r.client_id for r in valid])
@@ -239,6 +250,7 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
         "num_examples": r.num_examples, "declined": r.declined, "student": r.student,
         "test_accuracy": (None if r.test_probs is None
                           else float((r.test_probs.argmax(1) == y).mean())),
+        "ledger": r.ledger,
     } for r in valid]
     return RoundOutcome(aggregate, test_aggregate, clients,
                         [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
@@ -267,6 +279,7 @@ def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: Prepared
         "num_examples": c["num_examples"], "declined": bool(c["declined"]),
         "student": str(c["student"]),
         "test_accuracy": c["test-accuracy"] if c["test-accuracy"] >= 0 else None,
+        "ledger": secure_ledger_head(c),
     } for c in result.clients]
     if result.dropped:
         why = "; ".join(result.reasons) or "no reply"

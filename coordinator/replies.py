@@ -7,7 +7,10 @@ or a logged rejection carrying the node id.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -16,8 +19,10 @@ from common.distill.codec import decode_knowledge, payload_nbytes
 from common.errors import KnowledgeError
 from common.protocol import (
     INFO,
+    REFUSED,
     SOFT_LABELS,
     TEST_SOFT_LABELS,
+    LedgerHead,
     from_array_record,
     read_metrics,
 )
@@ -32,11 +37,12 @@ class ValidReply:
     student: str
     probs: np.ndarray  # (m, C) soft labels on the public batch
     test_probs: np.ndarray | None  # (n_test, C) in evaluate rounds
-    epsilon: float
+    epsilon: float  # ∞ when the node says it used private data without DP
     num_examples: int
     declined: bool
     reason: str
     nbytes: int
+    ledger: LedgerHead | None = None  # the node's ledger head (None: an old client)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ def validate_content(
     num_test: int | None,
 ) -> ValidReply | Rejection:
     """The checks of :func:`validate_reply` on a reply's records (testable without Flower)."""
+    info = content.config_records[INFO] if INFO in content.config_records else {}
+    if REFUSED in info:  # the node's policy refuses this round (a reason code, no data)
+        return Rejection(node_id, f"refused by the node's policy: {str(info[REFUSED])[:64]}")
     try:
         arrays = from_array_record(content, SOFT_LABELS)
         probs = decode_knowledge(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
@@ -72,7 +81,7 @@ def validate_content(
             test_probs = decode_knowledge(test_arrays, "float16", num_rows=num_test,
                                           num_classes=num_classes)
         metrics = read_metrics(content)
-        info = content.config_records[INFO] if INFO in content.config_records else {}
+        ledger = LedgerHead.from_info(info) if "ledger-head" in info else None
     except KnowledgeError as exc:
         return Rejection(node_id, exc.reason)
     if metrics["num-examples"] < 1:
@@ -83,9 +92,47 @@ def validate_content(
         student=str(info.get("student", "?")),
         probs=probs,
         test_probs=test_probs,
-        epsilon=metrics["epsilon"],
+        epsilon=math.inf if info.get("non-private") is True else metrics["epsilon"],
         num_examples=int(metrics["num-examples"]),
         declined=bool(metrics["declined"]),
         reason=str(info.get("reason", "")),
         nbytes=nbytes,
+        ledger=ledger,
     )
+
+
+# ---------------------------------------------------------------- ledger keys
+def pinned_ledger_keys(history: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each client's ledger key fingerprint as first seen in this run's metrics (pinned:
+    a later reply signed by another key is refused, and an audit can name the key)."""
+    pins: dict[str, str] = {}
+    for record in history:
+        for client_id, head in record.get("ledgers", {}).items():
+            pins.setdefault(client_id, head["key"])
+    return pins
+
+
+def check_pinned_keys(valid: list[ValidReply],
+                      pins: dict[str, str]) -> tuple[list[ValidReply], list[Rejection]]:
+    """Refuse replies whose ledger key differs from the pinned one; pin new clients."""
+    kept: list[ValidReply] = []
+    rejected: list[Rejection] = []
+    for reply in valid:
+        if reply.ledger is None:
+            kept.append(reply)
+            continue
+        pinned = pins.setdefault(reply.client_id, reply.ledger.key)
+        if pinned != reply.ledger.key:
+            rejected.append(Rejection(reply.node_id, f"{reply.client_id}'s ledger key "
+                                      f"{reply.ledger.key[:19]} is not the pinned {pinned[:19]}"))
+        else:
+            kept.append(reply)
+    return kept, rejected
+
+
+def secure_ledger_head(metrics: Mapping[str, Any]) -> LedgerHead | None:
+    """The ledger head in a secure reply's visible metrics; None when absent or malformed."""
+    try:
+        return LedgerHead.from_info(metrics)
+    except KnowledgeError:
+        return None

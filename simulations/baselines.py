@@ -32,6 +32,7 @@ from common.device import resolve_device
 from common.errors import ConfigError
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import DpEvent, calibrate_noise_multiplier, epsilon_from_events
+from common.privacy.secrets import fresh_seeds
 from common.task import PreparedTask, client_partitions, prepare_task
 from common.training import dp_train, predict_logits, steps_per_epoch, train_supervised
 
@@ -101,7 +102,8 @@ def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: t
                  expected_batch_size=cfg.dp_batch_size, steps=steps, lr=cfg.dp_lr,
                  optimizer=cfg.dp_optimizer, trainable="all",
                  grad_sample_mode=cfg.grad_sample_mode,
-                 max_physical_batch_size=cfg.max_physical_batch_size, device=device, seed=seed)
+                 max_physical_batch_size=cfg.max_physical_batch_size, device=device,
+                 seeds=fresh_seeds())
     else:
         epochs = max(1, round(steps * cfg.dp_batch_size / max(len(x), 1)))
         train_supervised(model, x, y, epochs=epochs, lr=cfg.teacher_lr, device=device,

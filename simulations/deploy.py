@@ -127,8 +127,12 @@ def node_config_string(values: dict[str, Any]) -> str:
     """
     parts = []
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, str, Path)):
-            raise ConfigError(f"node config {key}={value!r}: only numbers and paths are passed.")
+        if isinstance(value, bool):  # TOML's true / false (a node's policy switches)
+            parts.append(f"{key}={str(value).lower()}")
+            continue
+        if not isinstance(value, (int, float, str, Path)):
+            raise ConfigError(f"node config {key}={value!r}: only numbers, switches and "
+                              "paths are passed.")
         if isinstance(value, (str, Path)):
             text = str(value)
             if '"' in text or "\n" in text:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import ConfigError
+from common.privacy.policy import NodePolicy
 
 console = Console()
 
@@ -209,6 +211,13 @@ def node(
     state_dir: Annotated[Path, typer.Option(
         help="Where the student, noise plans and privacy ledger persist across restarts.")],
     epsilon: Annotated[float, typer.Option(help="This node's total ε budget (all runs).")],
+    delta: Annotated[float, typer.Option(
+        help="This node's δ; fixed by its ledger's first record, and below 1/(10 n).")] = 1e-5,
+    allow_non_dp: Annotated[bool, typer.Option(
+        help="Let a run train this node's data without DP (its ε is then infinite).")] = False,
+    allow_unmasked: Annotated[bool, typer.Option(
+        help="Answer rounds without secure aggregation (the coordinator then sees this "
+             "node's soft labels one by one).")] = False,
     root_certificates: Annotated[Path | None, typer.Option(
         "--root-certificates", "--certs",
         help="The federation's CA certificate (ca.crt, or a certs directory holding it).")
@@ -259,9 +268,12 @@ def node(
                               "`fedistill certs`); plaintext needs an explicit --insecure.")
         ca = resolve_root_certificates(root_certificates)
         check_node_key(key)
+    policy = NodePolicy(epsilon=float(epsilon), delta=float(delta), allow_non_dp=allow_non_dp,
+                        require_secure_aggregation=not allow_unmasked)
     values: dict[str, Any] = {"data-dir": data_dir.expanduser().resolve(),
                               "state-dir": state_dir.expanduser().resolve(),
-                              "epsilon": float(epsilon), "partition-id": partition_id}
+                              "partition-id": partition_id,
+                              **{k.replace("_", "-"): v for k, v in asdict(policy).items()}}
     if num_partitions is not None:
         values["num-partitions"] = num_partitions
     cmd = supernode_command(superlink=superlink, root_certificates=ca,

@@ -47,6 +47,7 @@ from common.privacy.auditing import (
     one_run_audit,
 )
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.secrets import fresh_seeds
 from common.task import client_partitions, prepare_task
 from common.training import dp_train, predict_logits, steps_per_epoch, train_supervised
 
@@ -232,7 +233,7 @@ def _train(
                                        sample_rate=q, steps=steps, accountant=cfg.accountant)
     dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
              expected_batch_size=cfg.batch_size, steps=steps, lr=cfg.dp_lr, device=device,
-             seed=cfg.seed)
+             seeds=fresh_seeds())
     # The claim is what the accountant says for the event actually run (<= the target).
     claimed = epsilon_from_events([DpEvent(sigma, q, steps)], delta=cfg.delta,
                                   accountant=cfg.accountant)

@@ -28,6 +28,7 @@ import tomli_w
 from common.config import FedConfig
 from common.data import shared_data_dir
 from common.errors import FedistillError
+from common.privacy.policy import POLICY_FILE, NodePolicy
 
 FEDERATION = "fedistill-sim"
 
@@ -181,6 +182,7 @@ def run_simulation(
     env = flower_env(flwr_home)
     run_config = out / "run_config.toml"
     run_config.write_text(tomli_w.dumps(cfg.to_run_config()))
+    write_node_policies(cfg, out)
     with simulation_superlink(out, env) as port:
         (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {
             "default": FEDERATION,
@@ -200,6 +202,21 @@ def run_simulation(
             + f". Flower's log: {out / 'flower.log'}"
         )
     return json.loads(summary_path.read_text())
+
+
+def write_node_policies(cfg: FedConfig, out: Path) -> None:
+    """Each simulated node's own policy.toml, from the simulation's settings.
+
+    In a simulation the user owns every node, so the nodes allow what the user chose for
+    them (non-DP training only in a ``dp = false`` ablation; unmasked replies unless
+    secure aggregation is on). A policy.toml already there is the user's and is kept.
+    """
+    policy = NodePolicy(epsilon=cfg.epsilon, delta=cfg.delta, allow_non_dp=not cfg.dp,
+                        require_secure_aggregation=cfg.secure_aggregation)
+    for k in range(cfg.num_clients):
+        state_dir = out / "clients" / f"client-{k}"
+        if not (state_dir / POLICY_FILE).exists():
+            policy.save(state_dir)
 
 
 def _run_and_follow(cmd: list[str], env: dict[str, str], out: Path, verbose: bool,

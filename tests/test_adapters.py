@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.config import FedConfig
 from common.errors import ConfigError
 from common.models import ModelConfig, build_model
+from common.privacy.secrets import DpSeeds
 from common.training import dp_train
 from common.training.adapters import LoRALinear, add_adapters, merge_adapters
 
@@ -154,6 +155,7 @@ def _dp_changed(
         lr=0.5,
         trainable=trainable,
         device=CPU,
+        seeds=DpSeeds(seed, seed + 1),
         **kwargs,
     )
     after = model.state_dict()

@@ -12,10 +12,13 @@ from client.state import ClientState
 from common.config import FedConfig
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import DpEvent, epsilon_from_events
+from common.privacy.policy import NodePolicy, Refusal
+from common.privacy.secrets import DpSeeds
 from common.protocol import RoundPlan
 from common.training import distill, dp_train
 
 CPU = torch.device("cpu")
+POLICY = NodePolicy(epsilon=100.0, delta=1e-5, require_secure_aggregation=False)
 
 
 def _toy(n: int = 64, t: int = 8, vocab: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,16 +41,16 @@ def test_client_declines_the_round_that_would_pass_its_budget(tmp_path: Path) ->
     outcomes = []
     for rnd in range(1, 41):
         plan = RoundPlan(rnd, "run-a", 40, "fp", False)
-        declined, reason, _, steps = _private_round(
-            cfg, plan, state, student, x, y, budget=cfg.epsilon, device=CPU, client_id="c0")
+        out = _private_round(cfg, plan, state, student, x, y, policy=POLICY, device=CPU,
+                             client_id="c0")
         eps = state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant)
         assert eps <= cfg.epsilon  # no ledger ever passes the budget
-        outcomes.append((declined, steps, eps, reason))
-        if declined:
+        outcomes.append((out.declined, out.steps, eps, out.reason))
+        if out.declined:
             break
     declined, steps, eps, reason = outcomes[-1]
     assert declined and steps == 0
-    assert "budget" in reason.lower()
+    assert reason == Refusal.BUDGET
     # It declined only because one more round's event would have passed the budget.
     events = state.ledger.events()
     one_more = epsilon_from_events([*events, events[-1]], delta=cfg.delta, accountant="rdp")
@@ -60,12 +63,12 @@ def test_retry_of_a_recorded_round_never_spends_twice(tmp_path: Path) -> None:
     state = ClientState(tmp_path / "client")
     x, y = _toy()
     plan = RoundPlan(1, "run-b", 3, "fp", False)
-    first = _private_round(cfg, plan, state, _student(), x, y, budget=8.0, device=CPU,
+    first = _private_round(cfg, plan, state, _student(), x, y, policy=POLICY, device=CPU,
                            client_id="c0")
-    again = _private_round(cfg, plan, state, _student(), x, y, budget=8.0, device=CPU,
+    again = _private_round(cfg, plan, state, _student(), x, y, policy=POLICY, device=CPU,
                            client_id="c0")
-    assert first[0] is False and first[3] > 0
-    assert again[0] is True and again[3] == 0
+    assert not first.declined and first.steps > 0
+    assert again.declined and again.steps == 0 and again.reason == Refusal.ALREADY_SPENT
     assert len(state.ledger.events()) == 1
 
 
@@ -78,8 +81,9 @@ def test_public_distillation_costs_no_epsilon(tmp_path: Path) -> None:
     distill(student, x, soft, temperature=2.0, epochs=3, lr=1e-3, device=CPU)
     assert state.ledger.events() == []
     plan = RoundPlan(1, "run-c", 1, "fp", False)
-    _, _, sigma, steps = _private_round(cfg, plan, state, student, x, y, budget=8.0, device=CPU,
-                                        client_id="c0")
+    out = _private_round(cfg, plan, state, student, x, y, policy=POLICY, device=CPU,
+                         client_id="c0")
+    sigma, steps = out.sigma, out.steps
     distill(student, x, soft, temperature=2.0, epochs=3, lr=1e-3, device=CPU)
     events = state.ledger.events()
     assert events == [DpEvent(sigma, 1 / 4, steps)]  # 64 examples / batch 16 = 4 batches
@@ -89,6 +93,7 @@ def test_public_distillation_costs_no_epsilon(tmp_path: Path) -> None:
 def test_dp_train_takes_exactly_the_planned_steps() -> None:
     x, y = _toy()
     result = dp_train(_student(), x, y, noise_multiplier=1.0, max_grad_norm=1.0,
-                      expected_batch_size=16, steps=7, lr=0.05, device=CPU)
+                      expected_batch_size=16, steps=7, lr=0.05, device=CPU,
+                      seeds=DpSeeds(1, 2))
     assert result.steps == 7 and len(result.losses) == 7
     assert result.sample_rate == pytest.approx(0.25)

@@ -246,17 +246,28 @@ class PrivacyLedger:
     def epsilon(self, delta: float | None = None, accountant: str | None = None) -> float:
         """ε recomputed from the recorded events, never read from stored numbers.
 
-        ``delta`` and ``accountant`` default to those of the latest record; an empty
-        ledger has spent nothing (0.0).
+        ``delta`` defaults to the ledger's δ (its first record's: δ never changes),
+        ``accountant`` to the latest record's; an empty ledger has spent nothing (0.0).
         """
         records = self.records()
         if not records:
             return 0.0
         return epsilon_from_events(
             [r.event for r in records],
-            delta=records[-1].delta if delta is None else delta,
+            delta=records[0].delta if delta is None else delta,
             accountant=records[-1].accountant if accountant is None else accountant,
         )
+
+    def delta(self) -> float | None:
+        """The ledger's δ, fixed by its first record; None for an empty ledger."""
+        records = self.records()
+        return records[0].delta if records else None
+
+    def head(self) -> tuple[str, int]:
+        """The last record's hash and the number of records (what a reply carries, so the
+        coordinator can later catch a truncated or rolled-back ledger)."""
+        records = self.records()
+        return (records[-1].hash if records else GENESIS_HASH), len(records)
 
     def verify(self, verifier: Callable[[str, str], bool] | None = None) -> int:
         """Check the file, the hash chain and, with ``verifier``, every signature.
@@ -329,6 +340,12 @@ class PrivacyLedger:
                 raise LedgerError(
                     f"{self.path}: round {round} of run {run_id!r} is already recorded; "
                     "a round's ε must be spent only once (use has_round to skip it)"
+                )
+            if existing and float(delta) != existing[0].delta:
+                raise LedgerError(
+                    f"{self.path}: δ={delta!r} differs from the ledger's δ="
+                    f"{existing[0].delta!r} (fixed by its first record): a budget is one "
+                    "(ε, δ) pair, and a larger δ later would make spent ε look smaller"
                 )
             eps = epsilon_from_events(
                 [*(r.event for r in existing), event], delta=delta, accountant=accountant
@@ -408,7 +425,8 @@ class PrivacyLedger:
         prev_hash = GENESIS_HASH
         for number, line in enumerate(lines, start=1):
             try:
-                record = self._check_line(line, number, len(lines), prev_hash, seen_rounds)
+                record = self._check_line(line, number, len(lines), prev_hash, seen_rounds,
+                                          records[0].delta if records else None)
             except LedgerError as exc:
                 if exc.line is not None:
                     raise
@@ -425,6 +443,7 @@ class PrivacyLedger:
         total: int,
         prev_hash: str,
         seen_rounds: set[tuple[str, int]],
+        first_delta: float | None = None,
     ) -> LedgerRecord:
         """Parse line ``number`` and check it against the chain so far."""
         raw = self._decode_line(line, number, last=number == total)
@@ -452,6 +471,11 @@ class PrivacyLedger:
         if (record.run_id, record.round) in seen_rounds:
             raise LedgerError(
                 f"{where}: round {record.round} of run {record.run_id!r} is recorded twice"
+            )
+        if first_delta is not None and record.delta != first_delta:
+            raise LedgerError(
+                f"{where}: δ={record.delta!r} differs from the first record's δ="
+                f"{first_delta!r}; a ledger's δ is fixed by its first record"
             )
         return record
 

@@ -3,15 +3,20 @@
 The privacy event of a call is fixed *before* training by :func:`steps_per_epoch` and the
 caller's noise multiplier, so the caller can record it in the ledger first (a crash then
 over-counts nothing and loses nothing: the budget is spent as soon as it is recorded).
-This function then takes exactly that many optimizer steps and reports the steps that
-Opacus' own accountant saw, as a cross-check.
+This function then takes exactly that many optimizer steps and reports what Opacus
+itself ran (σ, q and steps from its accountant, C from its optimizer), so the caller can
+check the recorded event against it before anything leaves the node.
+
+The Poisson sampling and the noise each draw from their own generator, seeded from the
+node's secret (:class:`common.privacy.secrets.DpSeeds`), never from torch's global
+generator or the public run seed: whoever can recompute the batches or the noise gets
+neither the amplification by subsampling nor the Gaussian mechanism's guarantee.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -22,6 +27,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.errors import ConfigError
+from common.privacy.planner import sample_rate_and_steps
+from common.privacy.secrets import DpSeeds
 from common.training.adapters import add_adapters, merge_adapters
 
 log = logging.getLogger(__name__)
@@ -35,15 +42,12 @@ class DpTrainResult:
     sample_rate: float
     steps: int
     losses: tuple[float, ...]
+    max_grad_norm: float = 0.0
 
 
 def steps_per_epoch(num_examples: int, expected_batch_size: int) -> tuple[float, int]:
     """Sample rate q and steps per epoch of a Poisson loader (Opacus: q = 1/len(loader))."""
-    if num_examples <= 0:
-        raise ConfigError(f"Cannot train with DP on {num_examples} examples.")
-    batch = min(expected_batch_size, num_examples)
-    n_batches = math.ceil(num_examples / batch)
-    return 1.0 / n_batches, n_batches
+    return sample_rate_and_steps(num_examples, expected_batch_size, 1.0)
 
 
 def dp_train(
@@ -61,7 +65,7 @@ def dp_train(
     grad_sample_mode: str = "hooks",
     max_physical_batch_size: int = 256,
     device: torch.device,
-    seed: int = 0,
+    seeds: DpSeeds,
     adapter_rank: int = 4,
 ) -> DpTrainResult:
     """Train ``model`` in place with DP-SGD for exactly ``steps`` logical steps.
@@ -70,10 +74,11 @@ def dp_train(
     dimensions for the same noise (Yu et al. 2021, "Differentially private fine-tuning").
     ``trainable="adapters"`` trains rank-``adapter_rank`` LoRA updates of the body's
     linear layers and the head, then folds them into the weights (common/training/adapters).
+    ``seeds`` come from the node's secret (sampling and noise; see the module docstring).
     """
     q, _ = steps_per_epoch(len(x), expected_batch_size)
     if steps <= 0:
-        return DpTrainResult(noise_multiplier, q, 0, ())
+        return DpTrainResult(noise_multiplier, q, 0, (), max_grad_norm)
     work = copy.deepcopy(model).to(device).train()
     set_trainable(work, trainable, adapter_rank)
     params = [p for p in work.parameters() if p.requires_grad]
@@ -81,7 +86,7 @@ def dp_train(
     loader = DataLoader(
         TensorDataset(x, y),
         batch_size=min(expected_batch_size, len(x)),
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seeds.sampling),  # Opacus' Poisson sampler
     )
     with warnings.catch_warnings():
         # Opacus warns that secure RNG is off (it is, as in every Opacus example: torch's
@@ -96,6 +101,7 @@ def dp_train(
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
+            noise_generator=torch.Generator(device=device).manual_seed(seeds.noise),
             grad_sample_mode=grad_sample_mode,
             criterion=nn.CrossEntropyLoss(),
         )
@@ -108,13 +114,28 @@ def dp_train(
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         losses = _run_steps(gm, dp_opt, criterion, dp_loader, steps, max_physical_batch_size,
                             device)
-    seen = sum(s for _, _, s in engine.accountant.history)
-    if seen != steps:
-        log.warning("dp_train: Opacus counted %s steps, %s planned", seen, steps)
+    ran = _what_opacus_ran(engine, dp_opt, steps)
     trained = _unwrap(gm)
     merge_adapters(trained)  # no-op unless trainable == "adapters"
     model.load_state_dict(trained.state_dict())
-    return DpTrainResult(noise_multiplier, q, steps, tuple(losses))
+    return DpTrainResult(ran.noise_multiplier, ran.sample_rate, ran.steps, tuple(losses),
+                         ran.max_grad_norm)
+
+
+def _what_opacus_ran(engine: PrivacyEngine, dp_opt, planned_steps: int) -> DpTrainResult:
+    """σ, q and steps from Opacus' accountant and C from its optimizer: what was run.
+
+    One (σ, q) pair is expected; several would mean the mechanism changed mid-call, and
+    the caller's single recorded event could not describe it.
+    """
+    history = engine.accountant.history
+    pairs = {(sigma, q) for sigma, q, _ in history}
+    if len(pairs) != 1:
+        raise ConfigError(f"dp_train: Opacus ran {sorted(pairs)} as (σ, q); expected one "
+                          f"pair for {planned_steps} planned steps")
+    (sigma, q), = pairs
+    return DpTrainResult(float(sigma), float(q), sum(s for _, _, s in history), (),
+                         float(dp_opt.max_grad_norm))
 
 
 def _run_steps(gm, dp_opt, criterion, dp_loader, steps, max_physical, device) -> list[float]:

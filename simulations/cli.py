@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from importlib import resources
@@ -79,13 +80,18 @@ def simulate(
     num_cpus: Annotated[int, typer.Option(help="CPUs per simulated client.")] = 1,
     num_gpus: Annotated[float, typer.Option(help="GPUs per simulated client.")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
+    node_secrets: Annotated[Path | None, typer.Option(
+        help="An earlier run directory whose simulated nodes' secrets to reuse: the DP "
+             "sampling and noise, so the whole run, then repeat it exactly.")] = None,
 ) -> None:
     """Run a federation on Flower's Simulation Engine and report it."""
     if preset and config:
         raise ConfigError("Give --preset or --config, not both.")
     cfg = resolve_config(preset, config, set_ or [], out)
     out_dir = Path(cfg.out_dir)
+    secrets = _read_node_secrets(node_secrets, cfg.num_clients) if node_secrets else {}
     _fresh_out_dir(out_dir)
+    _write_node_secrets(out_dir, secrets)
     if baseline:
         from simulations.baselines import run_baseline
 
@@ -96,6 +102,31 @@ def simulate(
 
     console.print(summary_table(summary))
     console.print(f"Results in {out_dir.resolve()}")
+
+
+def _read_node_secrets(run: Path, num_clients: int) -> dict[str, bytes]:
+    """Each simulated node's secret in ``run`` (read before --out may replace that run)."""
+    from common.privacy.secrets import NODE_SECRET_FILE, load_or_create_secret
+
+    found = {}
+    for k in range(num_clients):
+        path = run / "clients" / f"client-{k}" / NODE_SECRET_FILE
+        if not path.is_file():
+            raise ConfigError(f"--node-secrets {run}: no {path}; give a run directory of "
+                              f"`fedistill simulate` with {num_clients} clients.")
+        found[f"client-{k}"] = load_or_create_secret(path)
+    return found
+
+
+def _write_node_secrets(out: Path, secrets: dict[str, bytes]) -> None:
+    from common.privacy.secrets import NODE_SECRET_FILE
+
+    for client, secret in secrets.items():
+        path = out / "clients" / client / NODE_SECRET_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secret)
 
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:

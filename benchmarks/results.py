@@ -55,6 +55,7 @@ def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
         else:
             summary = run_baseline(method, cfg)
         summary["method"] = method
+        summary["dp_randomness"] = "node secret"  # issue 14: not recomputable by others
         if method in VARIANTS:  # the baselines train from scratch ("How to read")
             summary["private_step"] = private_step(cfg, method)
         rows.append(summary)
@@ -111,6 +112,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             teacher = ("—" if f.get("teacher_accuracy") is None else
                        f"{_fmt(f['teacher_accuracy_initial'])} → {_fmt(f['teacher_accuracy'])}")
             eps = "∞ (no DP)" if p.get("epsilon_max") is None else _fmt(p["epsilon_max"], 2)
+            eps += PRE_FIX_MARK if _pre_fix(row) else ""
             lines.append(
                 f"| {row['method']} | {row['seed']} | {row.get('private_step', '—')} | "
                 f"{teacher} | "
@@ -118,10 +120,27 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{eps} ({p['budget']}) | {p['delta']:g} | {c['bytes_up']:,} | "
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
         lines.append("")
+        if any(_pre_fix(row) for row in data["rows"]):
+            lines += [PRE_FIX_NOTE, ""]
         lines += contribution_table(data["rows"])
     lines += recipes_section(RESULTS)
     lines += READING
     return "\n".join(lines) + "\n"
+
+
+DP_METHODS = ("federated-distillation", "centralized-dp", "local-only", "dp-fedavg")
+PRE_FIX_MARK = " †"
+PRE_FIX_NOTE = ("† Run before issue 14's fixes: the Poisson sampling was seeded from values "
+                "the coordinator knows, so the amplification by subsampling behind this ε "
+                "did not hold and the ε shown is not a valid bound for that run (its "
+                "accuracy stands). Rows without † were rerun with each node's secret "
+                "seeding its sampling and noise.")
+
+
+def _pre_fix(row: dict[str, Any]) -> bool:
+    """A DP row produced before DP randomness came from a node secret (issue 14)."""
+    return (row["method"] in DP_METHODS and "dp_randomness" not in row
+            and row.get("private_step") != "none")
 
 
 MEASURES = (("teacher", "teacher_accuracy"), ("ensemble", "ensemble_accuracy"),

@@ -63,6 +63,16 @@ MUTATIONS = (
              "return min(self.epsilon, requested) if requested > 0 else self.epsilon",
              "return requested",
              (NODE + "test_the_run_config_cannot_raise_the_nodes_budget",)),
+    Mutation("an unmasked answer where the policy forbids it", "client/app.py",
+             "if not secure and node.policy.require_secure_aggregation:", "if False:",
+             (NODE + "test_a_node_refuses_an_unmasked_round_unless_its_policy_allows_it",)),
+    Mutation("exception text sent to the coordinator", "client/app.py",
+             "raise NodeRoundFailed(Refusal.FAILED) from None", "raise",
+             (NODE + "test_a_failed_round_sends_a_reason_code_never_the_exception_text",)),
+    Mutation("the exact example count sent", "common/protocol.py",
+             "return max(COUNT_BUCKET, -(-num_examples // COUNT_BUCKET) * COUNT_BUCKET)",
+             "return num_examples",
+             (NODE + "test_counts_leave_only_bucketed_and_only_when_the_rule_needs_them",)),
 )
 
 

@@ -12,8 +12,10 @@ import stat
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
+from flwr.app import Message, RecordDict
 from torch import nn
 
 from client.app import _private_round
@@ -24,9 +26,18 @@ from common.privacy.accounting import DpEvent
 from common.privacy.planner import check_ran_as_planned, plan_noise
 from common.privacy.policy import NodePolicy, Refusal
 from common.privacy.secrets import DpSeeds, derive_seed, load_or_create_secret
-from common.protocol import RoundPlan, refusal_record, released_count
+from common.protocol import (
+    KNOWLEDGE,
+    PUBLIC,
+    ROUND,
+    RoundPlan,
+    refusal_record,
+    released_count,
+    to_array_record,
+)
 from common.training import distill, dp_train
-from coordinator.replies import Rejection, validate_content
+from coordinator.replies import Rejection, validate_content, validate_reply
+from simulations.inprocess import FIRST_NODE_ID
 
 CPU = torch.device("cpu")
 OPEN = NodePolicy(epsilon=100.0, delta=1e-5, require_secure_aggregation=False)
@@ -294,3 +305,45 @@ def test_public_distillation_depends_on_public_inputs_only(tmp_path: Path) -> No
         outputs.append(_trained(student))
     assert torch.equal(outputs[0], outputs[1])
     assert not torch.equal(outputs[0], _trained(model))  # it did train
+
+
+def _one_round_through_the_client_app(out: Path) -> Message:
+    """A plain round sent to client/app.py's real ClientApp (Flower's Message path)."""
+    from client.app import app
+    from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
+
+    saved = set_task_identity(1)
+    try:
+        grid = InProcessGrid(app, FedConfig(out_dir=str(out)).to_run_config(), 1)
+        content = RecordDict({
+            ROUND: RoundPlan(1, "r", 1, "not-the-real-fingerprint", False).to_record(),
+            PUBLIC: to_array_record({"indices": np.arange(4, dtype=np.int64)}),
+            KNOWLEDGE: to_array_record({"probs": np.full((4, 2), 0.5, dtype=np.float16)}),
+        })
+        msg = Message(content=content, dst_node_id=FIRST_NODE_ID, message_type="train")
+        (reply,) = grid.send_and_receive([msg])
+    finally:
+        restore_task_identity(saved)
+    return reply
+
+
+def test_a_node_refuses_an_unmasked_round_unless_its_policy_allows_it(tmp_path: Path) -> None:
+    reply = _one_round_through_the_client_app(tmp_path)  # no policy file: strict defaults
+    result = validate_reply(reply, node_id=FIRST_NODE_ID, encoding="float16", num_rows=4,
+                            num_classes=2, num_test=None)
+    assert isinstance(result, Rejection) and Refusal.UNMASKED in result.reason
+    NodePolicy(require_secure_aggregation=False).save(tmp_path / "clients" / "client-0")
+    reply = _one_round_through_the_client_app(tmp_path)
+    result = validate_reply(reply, node_id=FIRST_NODE_ID, encoding="float16", num_rows=4,
+                            num_classes=2, num_test=None)
+    assert isinstance(result, Rejection) and Refusal.UNMASKED not in result.reason
+
+
+def test_a_failed_round_sends_a_reason_code_never_the_exception_text(tmp_path: Path) -> None:
+    """The round fails inside the client (a fingerprint mismatch whose message quotes
+    values); the coordinator gets the fixed code only."""
+    NodePolicy(require_secure_aggregation=False).save(tmp_path / "clients" / "client-0")
+    reply = _one_round_through_the_client_app(tmp_path)
+    assert reply.has_error()
+    assert Refusal.FAILED in reply.error.reason
+    assert "fingerprint" not in reply.error.reason and "not-the-real" not in reply.error.reason

@@ -31,10 +31,11 @@ from common.config import FedConfig
 from common.device import resolve_device
 from common.errors import ConfigError
 from common.models import ModelConfig, build_model
-from common.privacy.accounting import DpEvent, calibrate_noise_multiplier, epsilon_from_events
+from common.privacy.accounting import epsilon_from_events
+from common.privacy.planner import NoisePlan, plan_noise
 from common.privacy.secrets import fresh_seeds
 from common.task import PreparedTask, client_partitions, prepare_task
-from common.training import dp_train, predict_logits, steps_per_epoch, train_supervised
+from common.training import dp_train, predict_logits, train_supervised
 
 BASELINES = ("centralized", "centralized-dp", "local-only", "fedavg", "dp-fedavg")
 
@@ -78,18 +79,16 @@ def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,
     return float((probs.argmax(1) == task.test_y.numpy()).mean()), probs
 
 
-def _dp_steps_total(cfg: FedConfig, n: int) -> tuple[float, int, int]:
-    """q, steps per round and total steps for ``n`` examples, as the clients plan them."""
-    q, per_epoch = steps_per_epoch(n, cfg.dp_batch_size)
-    per_round = max(1, math.ceil(cfg.dp_epochs * per_epoch))
-    return q, per_round, per_round * cfg.rounds
+def _plan(cfg: FedConfig, n: int) -> NoisePlan:
+    """σ, q and steps for ``n`` examples over the run's rounds: the clients' own planner."""
+    return plan_noise(budget=cfg.epsilon, delta=cfg.delta, num_examples=n,
+                      expected_batch_size=cfg.dp_batch_size, epochs_per_round=cfg.dp_epochs,
+                      rounds=cfg.rounds, accountant=cfg.accountant,
+                      noise_multiplier=cfg.noise_multiplier)
 
 
-def _sigma(cfg: FedConfig, q: float, steps: int) -> float:
-    if cfg.noise_multiplier > 0:
-        return cfg.noise_multiplier
-    return calibrate_noise_multiplier(target_epsilon=cfg.epsilon, delta=cfg.delta,
-                                      sample_rate=q, steps=steps, accountant=cfg.accountant)
+def _epsilon(cfg: FedConfig, plan: NoisePlan) -> float:
+    return epsilon_from_events([plan.total_event()], delta=cfg.delta, accountant=cfg.accountant)
 
 
 def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -116,14 +115,13 @@ def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ..
     device = resolve_device(cfg.device)
     idx = torch.as_tensor(np.concatenate(parts))
     x, y = task.private_x[idx], task.private_y[idx]
-    q, _, total = _dp_steps_total(cfg, len(x))
-    sigma = _sigma(cfg, q, total) if dp else 0.0
+    plan = _plan(cfg, len(x))
+    total = plan.total_event().steps
     model = _student(cfg, task, cfg.student_families[0])
-    _private_train(cfg, model, x, y, dp=dp, steps=total, sigma=sigma, device=device,
-                   seed=cfg.seed)
+    _private_train(cfg, model, x, y, dp=dp, steps=total,
+                   sigma=plan.noise_multiplier if dp else 0.0, device=device, seed=cfg.seed)
     acc, _ = _accuracy_and_probs(model, task, device)
-    eps = epsilon_from_events([DpEvent(sigma, q, total)], delta=cfg.delta,
-                              accountant=cfg.accountant) if dp else math.inf
+    eps = _epsilon(cfg, plan) if dp else math.inf
     return {"student_accuracy": {"centralized": acc}, "epsilon": {"centralized": eps},
             "bytes_up": 0, "bytes_down": 0}
 
@@ -134,14 +132,13 @@ def _local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...
     accs, eps, probs = {}, {}, []
     for k, part in enumerate(parts):
         idx = torch.as_tensor(part)
-        q, _, total = _dp_steps_total(cfg, len(part))
-        sigma = _sigma(cfg, q, total)
+        plan = _plan(cfg, len(part))
         model = _student(cfg, task, cfg.student_for(k))
         _private_train(cfg, model, task.private_x[idx], task.private_y[idx], dp=dp,
-                       steps=total, sigma=sigma, device=device, seed=cfg.seed + k)
+                       steps=plan.total_event().steps, sigma=plan.noise_multiplier,
+                       device=device, seed=cfg.seed + k)
         accs[f"client-{k}"], p = _accuracy_and_probs(model, task, device)
-        eps[f"client-{k}"] = epsilon_from_events([DpEvent(sigma, q, total)], delta=cfg.delta,
-                                                 accountant=cfg.accountant)
+        eps[f"client-{k}"] = _epsilon(cfg, plan) if dp else math.inf
         probs.append(p)
     ensemble = float((np.mean(probs, axis=0).argmax(1) == task.test_y.numpy()).mean())
     return {"student_accuracy": accs, "epsilon": eps, "ensemble_accuracy": ensemble,
@@ -154,8 +151,7 @@ def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *
     family = cfg.student_families[0]
     global_model = _student(cfg, task, family)
     nbytes = sum(p.numel() * 4 for p in global_model.state_dict().values())
-    plans = [_dp_steps_total(cfg, len(part)) for part in parts]
-    sigmas = [_sigma(cfg, q, total) if dp else 0.0 for q, _, total in plans]
+    plans = [_plan(cfg, len(part)) for part in parts]
     bytes_up = bytes_down = 0
     for rnd in range(1, cfg.rounds + 1):
         states, weights = [], []
@@ -164,16 +160,16 @@ def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *
             local.load_state_dict(global_model.state_dict())
             idx = torch.as_tensor(part)
             _private_train(cfg, local, task.private_x[idx], task.private_y[idx], dp=dp,
-                           steps=plans[k][1], sigma=sigmas[k], device=device,
+                           steps=plans[k].steps_per_round,
+                           sigma=plans[k].noise_multiplier if dp else 0.0, device=device,
                            seed=cfg.seed * 1000 + rnd * 100 + k)
             states.append(local.state_dict())
             weights.append(len(part))
             bytes_down, bytes_up = bytes_down + nbytes, bytes_up + nbytes
         global_model.load_state_dict(_weighted_average(states, weights))
     acc, _ = _accuracy_and_probs(global_model, task, device)
-    eps = {f"client-{k}": (epsilon_from_events([DpEvent(sigmas[k], q, total)], delta=cfg.delta,
-                                               accountant=cfg.accountant) if dp else math.inf)
-           for k, (q, _, total) in enumerate(plans)}
+    eps = {f"client-{k}": _epsilon(cfg, plan) if dp else math.inf
+           for k, plan in enumerate(plans)}
     return {"student_accuracy": {"global": acc}, "epsilon": eps, "bytes_up": bytes_up,
             "bytes_down": bytes_down}
 

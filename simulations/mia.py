@@ -36,8 +36,6 @@ from common.errors import ConfigError, LedgerError
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import (
     ACCOUNTANTS,
-    DpEvent,
-    calibrate_noise_multiplier,
     epsilon_from_events,
 )
 from common.privacy.auditing import (
@@ -47,9 +45,10 @@ from common.privacy.auditing import (
     one_run_audit,
 )
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.planner import check_ran_as_planned, plan_noise
 from common.privacy.secrets import fresh_seeds
 from common.task import client_partitions, prepare_task
-from common.training import dp_train, predict_logits, steps_per_epoch, train_supervised
+from common.training import dp_train, predict_logits, train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -227,17 +226,19 @@ def _train(
         train_supervised(model, x, y, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                          device=device, seed=cfg.seed, weight_decay=0.0)
         return None, None, cfg.epochs * math.ceil(len(x) / cfg.batch_size), math.inf
-    q, per_epoch = steps_per_epoch(len(x), cfg.batch_size)
-    steps = cfg.epochs * per_epoch
-    sigma = calibrate_noise_multiplier(target_epsilon=cfg.epsilon, delta=cfg.delta,
-                                       sample_rate=q, steps=steps, accountant=cfg.accountant)
-    dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
-             expected_batch_size=cfg.batch_size, steps=steps, lr=cfg.dp_lr, device=device,
-             seeds=fresh_seeds())
+    plan = plan_noise(budget=cfg.epsilon, delta=cfg.delta, num_examples=len(x),
+                      expected_batch_size=cfg.batch_size, epochs_per_round=cfg.epochs,
+                      rounds=1, accountant=cfg.accountant)
+    event = plan.total_event()
+    ran = dp_train(model, x, y, noise_multiplier=event.noise_multiplier,
+                   max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.batch_size,
+                   steps=event.steps, lr=cfg.dp_lr, device=device, seeds=fresh_seeds())
+    check_ran_as_planned(event, noise_multiplier=ran.noise_multiplier,
+                         sample_rate=ran.sample_rate, steps=ran.steps,
+                         max_grad_norm=ran.max_grad_norm, planned_max_grad_norm=cfg.max_grad_norm)
     # The claim is what the accountant says for the event actually run (<= the target).
-    claimed = epsilon_from_events([DpEvent(sigma, q, steps)], delta=cfg.delta,
-                                  accountant=cfg.accountant)
-    return sigma, q, steps, claimed
+    claimed = epsilon_from_events([event], delta=cfg.delta, accountant=cfg.accountant)
+    return event.noise_multiplier, event.sample_rate, event.steps, claimed
 
 
 def _per_example_loss(model: nn.Module, x: Tensor, y: Tensor, device: torch.device) -> np.ndarray:

@@ -34,6 +34,11 @@ class NoisePlan:
         """The event one round of this plan spends."""
         return DpEvent(self.noise_multiplier, self.sample_rate, self.steps_per_round)
 
+    def total_event(self) -> DpEvent:
+        """The event of every planned round together (what a one-shot run spends)."""
+        return DpEvent(self.noise_multiplier, self.sample_rate,
+                       self.steps_per_round * self.rounds)
+
 
 def sample_rate_and_steps(num_examples: int, expected_batch_size: int,
                           epochs: float) -> tuple[float, int]:

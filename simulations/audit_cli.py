@@ -1,14 +1,31 @@
 """``fedistill audit``: verify ledgers, recompute and report ε, audit students empirically.
 
-Exit codes: 0 when everything checks out; 1 when the audit found a problem (a ledger that
-fails verification, a claim its events do not support, a client over budget, an ε lower
-bound above the claimed ε); 2 for bad usage or unreadable inputs (as the rest of the CLI).
+``verify`` and ``report`` fail closed: whatever the audit could not prove is a failure.
+
+Exit codes:
+
+- 0: everything was checked and checks out.
+- 1: the audit found a problem: a ledger that is empty, torn, corrupt, off its hash
+  chain, or not signed by the key; no public key for a ledger (``report`` accepts that
+  with ``--allow-unsigned``, as a note); a record whose δ differs from the first
+  record's; a claimed ε its events do not support; a client over ``--budget``; Opacus
+  and dp_accounting disagreeing on RDP; a ledger shorter than, rolled back from, or
+  signed by another key than the coordinator recorded (``--coordinator-metrics``); or
+  (``mia``) an ε lower bound above the claimed ε.
+- 2: bad usage or unreadable input: a path that does not exist or cannot be read, a
+  ``--public-key`` file that does not exist, a wrong number of keys, an invalid budget,
+  or a coordinator metrics file that cannot be read or parsed.
+
+Every exit is a ``SystemExit``, not ``typer.Exit``: the ``fedistill`` entry point runs
+the app with ``standalone_mode=False``, where click turns ``typer.Exit(1)`` into a return
+value that the entry point drops, so the process exited 0 after printing FAILED.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,9 +34,11 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import FedistillError
+from simulations.dpsgd_audit import dpsgd_command
 
 if TYPE_CHECKING:  # the heavy modules load only when a command runs
     from common.privacy.auditing import AttackMetrics
+    from simulations.ledger_audit import Finding
     from simulations.mia import CanaryAuditResult, StudentAuditResult
 
 audit_app = typer.Typer(
@@ -41,22 +60,58 @@ PublicKeyOpt = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> typer.Exit:
+MetricsOpt = Annotated[
+    Path | None,
+    typer.Option("--coordinator-metrics", help="The coordinator's metrics.jsonl: compare "
+                 "each ledger with the heads, record counts and key fingerprints it recorded "
+                 "(truncation, rollback, a swapped key)."),
+]
+
+
+def _exit(code: int) -> SystemExit:
+    """An exit that keeps its code under the entry point's ``standalone_mode=False``."""
+    return SystemExit(code)
+
+
+def _fail(exc: Exception) -> SystemExit:
     console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=2)
+    return _exit(2)
+
+
+def _print_findings(findings: Sequence[Finding]) -> None:
+    for finding in findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        where = "" if finding.record is None else f" (record {finding.record})"
+        console.print(f"[{colour}]{finding.severity}[/{colour}] {finding.ledger}{where}: "
+                      f"{finding.message}")
 
 
 @audit_app.command("verify")
-def verify_command(ledgers: LedgerArgs, public_key: PublicKeyOpt = None) -> None:
-    """Check each ledger's bytes, hash chain and every Ed25519 signature.
+def verify_command(
+    ledgers: LedgerArgs,
+    public_key: PublicKeyOpt = None,
+    coordinator_metrics: MetricsOpt = None,
+) -> None:
+    """Check each ledger's bytes, hash chain, every Ed25519 signature and its δ.
 
-    Reports the first bad record of each ledger with its position; exits 1 if any fails.
+    Reports the first bad record of each ledger with its position. Exits 1 if any check
+    fails (a missing key or ledger, an empty, torn or tampered ledger, a changed δ, a
+    mismatch with the coordinator's heads), 2 on bad usage or unreadable input.
     """
-    from simulations.ledger_audit import _keys_for, resolve_ledgers, verify_ledger, verify_table
+    from simulations.ledger_audit import (
+        _keys_for,
+        load_coordinator_metrics,
+        resolve_ledgers,
+        verify_findings,
+        verify_ledger,
+        verify_table,
+    )
 
     try:
         paths = resolve_ledgers(ledgers)
         keys = _keys_for(paths, public_key)
+        heads = None if coordinator_metrics is None else load_coordinator_metrics(
+            coordinator_metrics)
     except FedistillError as exc:
         raise _fail(exc) from None
     results = [verify_ledger(p, k) for p, k in zip(paths, keys, strict=True)]
@@ -65,8 +120,13 @@ def verify_command(ledgers: LedgerArgs, public_key: PublicKeyOpt = None) -> None
     for r in bad:
         where = "" if r.bad_record is None else f" at record {r.bad_record} (line {r.bad_line})"
         console.print(f"[red]FAILED[/red] {r.ledger}{where}: {r.message}")
-    if bad:
-        raise typer.Exit(code=1)
+    findings = verify_findings(results, heads)
+    _print_findings(findings)
+    errors = len(bad) + sum(f.severity == "error" for f in findings)
+    if errors:
+        console.print(f"[red]{errors} problem(s) in {len(results)} ledger(s): do not trust "
+                      "their ε until each is resolved.[/red]")
+        raise _exit(1)
     console.print(f"[green]{len(results)} ledger(s) verified.[/green]")
 
 
@@ -76,23 +136,30 @@ def report_command(
     out: Annotated[Path, typer.Option(help="Directory for the JSON, CSV and PNG outputs.")],
     budget: Annotated[float | None, typer.Option(help="Each client's ε budget.")] = None,
     public_key: PublicKeyOpt = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        "--allow-unsigned", help="Audit ledgers without a public key: their signatures are "
+        "not checked, which is reported as a note instead of an error.")] = False,
+    coordinator_metrics: MetricsOpt = None,
 ) -> None:
-    """Recompute every client's ε from its ledger's events and compare with its claims."""
+    """Recompute every client's ε from its ledger's events (Opacus, and dp_accounting's
+    RDP and PLD as an independent second accountant) and compare with its claims."""
     from simulations.ledger_audit import audit_ledgers, report_table, resolve_ledgers, write_report
 
     try:
-        report = audit_ledgers(resolve_ledgers(ledgers), budget=budget, public_keys=public_key)
+        report = audit_ledgers(resolve_ledgers(ledgers), budget=budget, public_keys=public_key,
+                               allow_unsigned=allow_unsigned,
+                               coordinator_metrics=coordinator_metrics)
     except FedistillError as exc:
         raise _fail(exc) from None
     paths = write_report(report, out)
     console.print(report_table(report))
-    for finding in report.findings:
-        colour = "red" if finding.severity == "error" else "yellow"
-        console.print(f"[{colour}]{finding.severity}[/{colour}] {finding.ledger}: "
-                      f"{finding.message}")
+    _print_findings(report.findings)
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     if not report.ok:
-        raise typer.Exit(code=1)
+        errors = sum(f.severity == "error" for f in report.findings)
+        console.print(f"[red]{errors} error(s): the audit does not support these ledgers' ε "
+                      "claims; resolve each error above and audit again.[/red]")
+        raise _exit(1)
 
 
 @audit_app.command("mia")
@@ -151,7 +218,7 @@ def mia_command(
     if not consistent:
         console.print("[red]The ε lower bound exceeds the claimed ε: the claim is false, "
                       "or the training does not do what the accountant assumes.[/red]")
-        raise typer.Exit(code=1)
+        raise _exit(1)
 
 
 def _attack_rows(table: Table, attack: AttackMetrics) -> None:
@@ -188,3 +255,6 @@ def _canary_table(result: CanaryAuditResult) -> Table:
     verdict = "[green]yes[/green]" if result.consistent else "[red]NO[/red]"
     table.add_row("lower bound ≤ claimed ε", verdict)
     return table
+
+
+audit_app.command("dpsgd")(dpsgd_command)

@@ -173,7 +173,8 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so the runner still stops the processes it started.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns a command's typer.Exit code instead of exiting
+        code = app(standalone_mode=False)
     except FedistillError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
@@ -186,6 +187,7 @@ def main() -> None:
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

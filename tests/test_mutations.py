@@ -73,6 +73,19 @@ MUTATIONS = (
              "return max(COUNT_BUCKET, -(-num_examples // COUNT_BUCKET) * COUNT_BUCKET)",
              "return num_examples",
              (NODE + "test_counts_leave_only_bucketed_and_only_when_the_rule_needs_them",)),
+    Mutation("an unsigned ledger passed as ok", "simulations/ledger_audit.py",
+             'Finding(str(path), "note" if allow_unsigned else "error",',
+             'Finding(str(path), "note",',
+             ("tests/test_audit_ledger.py::test_report_fails_closed",)),
+    Mutation("a truncated ledger passed as ok", "simulations/ledger_audit.py",
+             "if latest.records <= len(records):", "if True:",
+             ("tests/test_audit_ledger.py::test_ledgers_are_checked_against_the_coordinator_heads",)),
+    Mutation("a swapped ledger key passed as ok", "simulations/ledger_audit.py",
+             "other = [e for e in entries if e.key != fingerprint]", "other = []",
+             ("tests/test_audit_ledger.py::test_ledgers_are_checked_against_the_coordinator_heads",)),
+    Mutation("a δ change within a ledger accepted", "common/privacy/ledger.py",
+             "if first_delta is not None and record.delta != first_delta:", "if False:",
+             ("tests/test_audit_ledger.py::test_a_record_with_another_delta_fails_verify_and_report",)),
 )
 
 

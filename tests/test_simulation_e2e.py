@@ -146,8 +146,10 @@ def _rerun(source: Path, out: Path, *extra: str) -> Path:
 
 
 def _without_timing(run: Path) -> list[dict]:
+    """The metrics but for wall time and the ledger heads (their records carry timestamps,
+    and each run's nodes have their own ledger keys)."""
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "ledgers")} for r in records]
 
 
 def _students(run: Path) -> list:
@@ -167,6 +169,10 @@ def test_the_same_node_secrets_repeat_a_run_exactly_and_fresh_ones_do_not(
         quick_run: Path, tmp_path: Path) -> None:
     again = _rerun(quick_run, tmp_path / "again", "--node-secrets", str(quick_run))
     assert _without_timing(again) == _without_timing(quick_run)
+    for k in range(3):
+        events = [PrivacyLedger(run / "clients" / f"client-{k}" / "ledger.jsonl").events()
+                  for run in (again, quick_run)]
+        assert events[0] == events[1]
     assert _same_weights(_students(again), _students(quick_run))
     fresh = _rerun(quick_run, tmp_path / "fresh")
     assert not _same_weights(_students(fresh), _students(quick_run))

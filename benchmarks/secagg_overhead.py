@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if sys.path[0] != str(ROOT):  # first: Opacus ships a top-level ``benchmarks`` package too
     sys.path.insert(0, str(ROOT))
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters  # noqa: E402
 from flwr.compat.common import recorddict_compat as compat  # noqa: E402
@@ -45,13 +45,12 @@ from common.config import FedConfig  # noqa: E402
 from common.distill.codec import encode_knowledge, payload_nbytes  # noqa: E402
 from common.protocol import (  # noqa: E402
     FITINS_PARAMETERS,
-    INFO,
     KNOWLEDGE,
-    METRICS,
     PUBLIC,
     ROUND,
-    SOFT_LABELS,
+    ReplyMeta,
     RoundPlan,
+    plain_reply,
     to_array_record,
 )
 from coordinator.aggregation import aggregator_from_config  # noqa: E402
@@ -84,18 +83,14 @@ def _client_app(replies: list[tuple[np.ndarray, int]]) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         probs, count = replies[int(context.node_config["partition-id"])]
+        meta = ReplyMeta(client_id="c", student="cnn", epsilon=1.0, weight=count,
+                         declined=False, reason="", dp_steps=1, noise_multiplier=1.0,
+                         non_private=False, ledger=None)
         if FITINS_PARAMETERS in msg.content.array_records:
             fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([probs.reshape(-1)]),
-                            count, {"epsilon": 1.0, "declined": 0, "dp-steps": 1,
-                                    "noise-multiplier": 1.0, "test-accuracy": -1.0,
-                                    "student": "cnn", "client-id": "c", "reason": ""})
+                            count, meta.flat())
             return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
-        content = RecordDict({
-            SOFT_LABELS: to_array_record(encode_knowledge(probs, "float16")),
-            METRICS: MetricRecord({"epsilon": 1.0, "num-examples": count, "declined": 0,
-                                   "dp-steps": 1, "noise-multiplier": 1.0}),
-            INFO: ConfigRecord({"student": "cnn", "reason": "", "client-id": "c"}),
-        })
+        content = plain_reply(meta, encode_knowledge(probs, "float16"), None)
         return Message(content, reply_to=msg)
 
     return app

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
@@ -47,19 +47,16 @@ from common.privacy.policy import NodePolicy, Refusal
 from common.privacy.secrets import DpSeeds
 from common.protocol import (
     FITINS_PARAMETERS,
-    INFO,
     KNOWLEDGE,
-    METRICS,
     PUBLIC,
     ROUND,
-    SOFT_LABELS,
-    TEST_SOFT_LABELS,
     LedgerHead,
+    ReplyMeta,
     RoundPlan,
     from_array_record,
+    plain_reply,
     refusal_record,
     released_count,
-    to_array_record,
     unpack_secure_instructions,
 )
 from common.task import PreparedTask, client_partitions, prepare_task
@@ -153,8 +150,9 @@ class RoundResult:
     probs: np.ndarray  # (m, C) softened soft labels on the public batch
     test_probs: np.ndarray | None  # (n_test, C) at T=1, in evaluate rounds
     test_accuracy: float | None
-    epsilon: float
+    epsilon: float  # of the ledger's events, at its δ
     num_examples: int  # already bucketed: what may leave the node (released_count)
+    non_private: bool  # private data was ever used without DP on this node: ε is ∞
     private: PrivateOutcome
     student: str
     client_id: str
@@ -201,70 +199,47 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     head, records = state.ledger.head()
     return RoundResult(
         round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,
-        epsilon=_reported_epsilon(state, cfg),
-        num_examples=released_count(len(y_priv), cfg.aggregation), private=private,
+        epsilon=state.ledger.epsilon(accountant=cfg.accountant),
+        num_examples=released_count(len(y_priv), cfg.aggregation),
+        non_private=state.trained_without_dp(), private=private,
         student=family, client_id=client_id,
         ledger=LedgerHead(head, records, state.key_fingerprint),
     )
 
 
-def _reported_epsilon(state: ClientState, cfg: FedConfig) -> float:
-    """ε of everything recorded, at the ledger's own δ; ∞ once private data was used
-    without DP (which only a node whose policy allows it ever does)."""
-    if state.trained_without_dp():
-        return math.inf
-    return state.ledger.epsilon(accountant=cfg.accountant)
+def _meta(result: RoundResult) -> ReplyMeta:
+    """What the reply says besides the soft labels, the same on both paths."""
+    return ReplyMeta(
+        client_id=result.client_id, student=result.student, epsilon=result.epsilon,
+        weight=result.num_examples, declined=result.private.declined,
+        reason=result.private.reason, dp_steps=result.private.steps,
+        noise_multiplier=result.private.sigma, non_private=result.non_private,
+        ledger=result.ledger, test_accuracy=result.test_accuracy,
+    )
 
 
 def _plain_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
     """The soft labels as encoded arrays, with metrics: the coordinator sees each reply."""
-    content = RecordDict()
-    content[SOFT_LABELS] = to_array_record(_encode_reply(cfg, node, result.probs,
-                                                         result.round))
-    if result.test_probs is not None:
-        content[TEST_SOFT_LABELS] = to_array_record(
-            encode_knowledge(result.test_probs, "float16"))
-    content[METRICS] = MetricRecord({
-        "epsilon": _finite_epsilon(result),
-        "num-examples": result.num_examples,
-        "declined": int(result.private.declined),
-        "dp-steps": result.private.steps,
-        "noise-multiplier": result.private.sigma,
-    })
-    content[INFO] = ConfigRecord({"student": result.student, "reason": result.private.reason,
-                                  "client-id": result.client_id,
-                                  "non-private": result.private.non_private,
-                                  **result.ledger.to_info()})
-    return content
-
-
-def _finite_epsilon(result: RoundResult) -> float:
-    """Metrics must be finite: a non-private round says so in ``non-private`` instead."""
-    return result.epsilon if math.isfinite(result.epsilon) else 0.0
+    test = (None if result.test_probs is None
+            else encode_knowledge(result.test_probs, "float16"))
+    return plain_reply(_meta(result), _encode_reply(cfg, node, result.probs, result.round),
+                       test)
 
 
 def _secure_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
     """A FitRes for secaggplus_mod to mask: only the sum of these arrays is ever seen.
 
-    The count is the weight of the weighted mean (bucketed, and capped at
-    ``secagg-max-weight`` so the masked sum cannot overflow; 1 for the plain mean). It and
-    the metrics stay visible.
+    Its weight is the bucketed count (1 unless the rule is the weighted mean), capped at
+    ``secagg-max-weight`` so the masked sum cannot overflow; it and the metadata stay
+    visible.
     """
     probs = _attacked(cfg, node, result.probs, result.round)
     arrays = [probs.astype(np.float64).reshape(-1)]
     if result.test_probs is not None:
         arrays.append(result.test_probs.astype(np.float64).reshape(-1))
-    weight = min(result.num_examples, cfg.secagg_max_weight)
-    metrics = {
-        "epsilon": _finite_epsilon(result), "declined": int(result.private.declined),
-        "dp-steps": result.private.steps, "noise-multiplier": result.private.sigma,
-        "student": result.student, "client-id": result.client_id,
-        "reason": result.private.reason, "non-private": result.private.non_private,
-        "test-accuracy": -1.0 if result.test_accuracy is None else result.test_accuracy,
-        **result.ledger.to_info(),
-    }
+    meta = _meta(result)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
-                    weight if cfg.aggregation == "weighted-mean" else 1, metrics)
+                    min(meta.weight, cfg.secagg_max_weight), meta.flat())
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 
 

@@ -123,9 +123,11 @@ def from_array_record(content: RecordDict, name: str) -> dict[str, np.ndarray]:
 
 def read_metrics(content: RecordDict) -> dict[str, float]:
     """The reply's metrics, checked for presence and finiteness."""
-    if METRICS not in content.metric_records:
-        raise KnowledgeError(f"reply has no {METRICS!r} metric record")
-    rec: MetricRecord = content.metric_records[METRICS]
+    return check_metrics(_metric_record(content))
+
+
+def check_metrics(rec: Mapping[str, object]) -> dict[str, float]:
+    """:data:`REPLY_METRICS` from ``rec``, each a finite number >= 0, else KnowledgeError."""
     out: dict[str, float] = {}
     for key in REPLY_METRICS:
         if key not in rec:
@@ -164,16 +166,110 @@ def _short_repr(value: object) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
+# --------------------------------------------------------------------------- one reply
+@dataclass(frozen=True)
+class ReplyMeta:
+    """What a reply says besides its soft labels.
+
+    Built once by the client and parsed and checked once by the coordinator, the same on
+    the plain path (a MetricRecord of numbers and a ConfigRecord of the rest) and under
+    SecAgg+ (the FitRes metrics that travel beside the masked vector, and its weight).
+    """
+
+    client_id: str
+    student: str
+    epsilon: float  # ε so far at the node's δ; finite (see ``non_private``)
+    weight: int  # the released, bucketed example count (released_count)
+    declined: bool
+    reason: str  # a policy reason code, or ""
+    dp_steps: int
+    noise_multiplier: float
+    non_private: bool  # private data was used without DP: no finite ε holds
+    ledger: LedgerHead | None
+    test_accuracy: float | None = None  # SecAgg+ only: the student's own test accuracy
+
+    @property
+    def reported_epsilon(self) -> float:
+        return math.inf if self.non_private else self.epsilon
+
+    def metrics(self) -> dict[str, int | float]:
+        return {"epsilon": self.epsilon, "num-examples": self.weight,
+                "declined": int(self.declined), "dp-steps": self.dp_steps,
+                "noise-multiplier": self.noise_multiplier}
+
+    def info(self) -> dict[str, str | int | bool]:
+        ledger = self.ledger.to_info() if self.ledger is not None else {}
+        return {"client-id": self.client_id, "student": self.student, "reason": self.reason,
+                "non-private": self.non_private, **ledger}
+
+    def flat(self) -> dict[str, str | int | float | bool]:
+        """Everything in one mapping (SecAgg+'s FitRes metrics; the weight travels apart)."""
+        test = -1.0 if self.test_accuracy is None else self.test_accuracy
+        return {**self.metrics(), **self.info(), "test-accuracy": test}
+
+    @classmethod
+    def parse(cls, metrics: Mapping[str, object], info: Mapping[str, object]) -> ReplyMeta:
+        """Check and type what a reply claims; any bad value is a KnowledgeError."""
+        numbers = check_metrics(metrics)
+        test = info.get("test-accuracy")
+        if test is not None and (_finite_float(test) is None or not -1 <= float(test) <= 1):
+            raise KnowledgeError(f"test-accuracy={_short_repr(test)} is not in [0, 1] or -1")
+        return cls(
+            client_id=_text(info, "client-id"), student=_text(info, "student"),
+            epsilon=numbers["epsilon"], weight=int(numbers["num-examples"]),
+            declined=bool(numbers["declined"]), reason=_text(info, "reason"),
+            dp_steps=int(numbers["dp-steps"]),
+            noise_multiplier=numbers["noise-multiplier"],
+            non_private=info.get("non-private") is True,
+            ledger=LedgerHead.from_info(info) if "ledger-head" in info else None,
+            test_accuracy=None if test is None or float(test) < 0 else float(test),
+        )
+
+    @classmethod
+    def parse_flat(cls, values: Mapping[str, object], weight: object) -> ReplyMeta:
+        """:meth:`parse` of SecAgg+'s metrics, with the FitRes weight as the count."""
+        metrics = {k: values.get(k) for k in REPLY_METRICS if k in values}
+        metrics["num-examples"] = weight
+        return cls.parse(metrics, values)
+
+
+def _text(info: Mapping[str, object], key: str) -> str:
+    """A label for logs and records: whatever came, as text of at most 256 characters."""
+    value = info.get(key, "")
+    return (value if isinstance(value, str) else _short_repr(value))[:256]
+
+
+def plain_reply(meta: ReplyMeta, soft_labels: Mapping[str, np.ndarray],
+                test_soft_labels: Mapping[str, np.ndarray] | None) -> RecordDict:
+    """A plain reply: encoded soft labels (and test soft labels) with ``meta``."""
+    content = RecordDict()
+    content[SOFT_LABELS] = to_array_record(soft_labels)
+    if test_soft_labels is not None:
+        content[TEST_SOFT_LABELS] = to_array_record(test_soft_labels)
+    content[METRICS] = MetricRecord(meta.metrics())
+    content[INFO] = ConfigRecord(meta.info())
+    return content
+
+
+def parse_plain_meta(content: RecordDict) -> ReplyMeta:
+    """The :class:`ReplyMeta` of a plain reply (KnowledgeError when malformed)."""
+    info = content.config_records[INFO] if INFO in content.config_records else {}
+    return ReplyMeta.parse(_metric_record(content), info)
+
+
+def _metric_record(content: RecordDict) -> Mapping[str, object]:
+    if METRICS not in content.metric_records:
+        raise KnowledgeError(f"reply has no {METRICS!r} metric record")
+    return content.metric_records[METRICS]
+
+
 # --------------------------------------------------------------------------- secure mode
 # Under SecAgg+ (secure-aggregation = true) a round travels as Flower's legacy FitIns /
 # FitRes, the only form secaggplus_mod masks: the instructions are the parameters
 # [indices, *knowledge arrays in sorted key order] with the round plan as the config; the
 # reply's parameters are [soft labels on the public batch (m*C,), and in evaluate rounds
-# on the test set (n*C,)], its metrics those below (visible: SecAgg+ masks only arrays).
+# on the test set (n*C,)], its metrics ReplyMeta.flat() (visible: SecAgg+ masks only arrays).
 FITINS_PARAMETERS = "fitins.parameters"
-SECURE_REPLY_METRICS = ("epsilon", "declined", "dp-steps", "noise-multiplier",
-                        "test-accuracy", "student", "client-id", "reason", "non-private",
-                        "ledger-head", "ledger-records", "ledger-key")
 
 
 def pack_secure_instructions(

@@ -24,8 +24,9 @@ from common.device import resolve_device
 from common.distill.codec import decode_knowledge, encode_knowledge, payload_nbytes
 from common.distill.losses import soften
 from common.errors import FedistillError, KnowledgeError
+from common.metrics import accuracy
 from common.models import ModelConfig, build_model, count_parameters
-from common.protocol import KNOWLEDGE, PUBLIC, ROUND, RoundPlan, to_array_record
+from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
 from common.task import PreparedTask, prepare_task
 from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
 from coordinator.aggregation import aggregator_from_config
@@ -41,7 +42,6 @@ from coordinator.replies import (
     ValidReply,
     check_pinned_keys,
     pinned_ledger_keys,
-    secure_ledger_head,
     validate_reply,
 )
 from coordinator.report import (
@@ -161,12 +161,25 @@ def _wait_for_nodes(grid: Grid, cfg: FedConfig) -> list[int]:
 
 
 @dataclass(frozen=True)
+class ClientOutcome:
+    """One client that contributed to a round, plain or secure, as the record reports it."""
+
+    node_id: int | None
+    meta: ReplyMeta  # what it said besides its soft labels, checked (common/protocol.py)
+    test_accuracy: float | None  # its student's, in evaluate rounds
+
+    @property
+    def client_id(self) -> str:
+        return self.meta.client_id or str(self.node_id)
+
+
+@dataclass(frozen=True)
 class RoundOutcome:
     """What a round's replies gave the coordinator, plain or secure, before distilling."""
 
     aggregate: np.ndarray | None  # (m, C); None when a secure aggregate was refused
     test_aggregate: np.ndarray | None  # (n_test, C) in evaluate rounds
-    clients: list[dict[str, Any]]  # per contributing client: id, ε, count, student, ...
+    clients: list[ClientOutcome]
     rejected: list[dict[str, Any]]  # node id and reason of each refused reply
     bytes_up: int
 
@@ -208,10 +221,10 @@ def _run_round(
         "sampled": len(sampled),
         "replies": len(clients),
         "rejected": outcome.rejected,
-        "declined": sorted(c["client_id"] for c in clients if c["declined"]),
-        "epsilon": {c["client_id"]: c["epsilon"] for c in clients},
-        "epsilon_max": max(c["epsilon"] for c in clients),
-        "ledgers": {c["client_id"]: asdict(c["ledger"]) for c in clients if c["ledger"]},
+        "declined": sorted(c.client_id for c in clients if c.meta.declined),
+        "epsilon": {c.client_id: c.meta.reported_epsilon for c in clients},
+        "epsilon_max": max(c.meta.reported_epsilon for c in clients),
+        "ledgers": {c.client_id: asdict(c.meta.ledger) for c in clients if c.meta.ledger},
         "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
         "bytes_up": outcome.bytes_up,
         "secure_aggregation": cfg.secure_aggregation,
@@ -245,13 +258,9 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
     if plan.evaluate and valid:
         test_aggregate = aggregator_from_config(cfg)([r.test_probs for r in valid], counts)
     y = task.test_y.numpy()
-    clients = [{
-        "client_id": r.client_id, "node_id": r.node_id, "epsilon": r.epsilon,
-        "num_examples": r.num_examples, "declined": r.declined, "student": r.student,
-        "test_accuracy": (None if r.test_probs is None
-                          else float((r.test_probs.argmax(1) == y).mean())),
-        "ledger": r.ledger,
-    } for r in valid]
+    clients = [ClientOutcome(r.node_id, r.meta,
+                             None if r.test_probs is None else accuracy(y, r.test_probs))
+               for r in valid]
     return RoundOutcome(aggregate, test_aggregate, clients,
                         [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
                         sum(r.nbytes for r in valid))
@@ -274,13 +283,9 @@ def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: Prepared
     test_aggregate = None
     if result.test_aggregate is not None:
         test_aggregate, _ = _checked_aggregate(result.test_aggregate, plan.round)
-    clients = [{
-        "client_id": str(c["client-id"]), "node_id": c["node_id"], "epsilon": c["epsilon"],
-        "num_examples": c["num_examples"], "declined": bool(c["declined"]),
-        "student": str(c["student"]),
-        "test_accuracy": c["test-accuracy"] if c["test-accuracy"] >= 0 else None,
-        "ledger": secure_ledger_head(c),
-    } for c in result.clients]
+    clients = [ClientOutcome(node, meta, meta.test_accuracy) for node, meta in result.clients]
+    rejected += [{"node_id": None, "reason": f"metadata refused (its soft labels are in the "
+                                             f"secure sum): {why}"} for why in result.invalid]
     if result.dropped:
         why = "; ".join(result.reasons) or "no reply"
         rejected.append({"node_id": None, "reason": f"{result.dropped} client(s) dropped out "
@@ -358,13 +363,13 @@ def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcom
     }
     if not evaluate:
         return record
-    per_client = {c["client_id"]: c["test_accuracy"] for c in outcome.clients
-                  if c["test_accuracy"] is not None}
+    per_client = {c.client_id: c.test_accuracy for c in outcome.clients
+                  if c.test_accuracy is not None}
     if outcome.test_aggregate is not None:
         y = task.test_y.numpy()
         record["ensemble_accuracy"] = float((outcome.test_aggregate.argmax(1) == y).mean())
     record["student_accuracy"] = per_client
     record["student_accuracy_mean"] = (float(np.mean(list(per_client.values())))
                                        if per_client else None)
-    record["students"] = {c["client_id"]: c["student"] for c in outcome.clients}
+    record["students"] = {c.client_id: c.meta.student for c in outcome.clients}
     return record

@@ -7,7 +7,6 @@ or a logged rejection carrying the node id.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,9 @@ from common.protocol import (
     SOFT_LABELS,
     TEST_SOFT_LABELS,
     LedgerHead,
+    ReplyMeta,
     from_array_record,
-    read_metrics,
+    parse_plain_meta,
 )
 
 
@@ -33,16 +33,26 @@ class ValidReply:
     """A reply that passed every check, decoded."""
 
     node_id: int
-    client_id: str
-    student: str
+    meta: ReplyMeta  # what the client says besides its soft labels (common/protocol.py)
     probs: np.ndarray  # (m, C) soft labels on the public batch
     test_probs: np.ndarray | None  # (n_test, C) in evaluate rounds
-    epsilon: float  # ∞ when the node says it used private data without DP
-    num_examples: int
-    declined: bool
-    reason: str
     nbytes: int
-    ledger: LedgerHead | None = None  # the node's ledger head (None: an old client)
+
+    @property
+    def client_id(self) -> str:
+        return self.meta.client_id or str(self.node_id)
+
+    @property
+    def epsilon(self) -> float:
+        return self.meta.reported_epsilon  # ∞ once the node trained without DP
+
+    @property
+    def num_examples(self) -> int:
+        return self.meta.weight
+
+    @property
+    def ledger(self) -> LedgerHead | None:
+        return self.meta.ledger
 
 
 @dataclass(frozen=True)
@@ -74,31 +84,17 @@ def validate_content(
     try:
         arrays = from_array_record(content, SOFT_LABELS)
         probs = decode_knowledge(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
-        nbytes = payload_nbytes(arrays)
         test_probs = None
         if num_test is not None:
             test_arrays = from_array_record(content, TEST_SOFT_LABELS)
             test_probs = decode_knowledge(test_arrays, "float16", num_rows=num_test,
                                           num_classes=num_classes)
-        metrics = read_metrics(content)
-        ledger = LedgerHead.from_info(info) if "ledger-head" in info else None
+        meta = parse_plain_meta(content)
     except KnowledgeError as exc:
         return Rejection(node_id, exc.reason)
-    if metrics["num-examples"] < 1:
-        return Rejection(node_id, f"num-examples={metrics['num-examples']} must be >= 1")
-    return ValidReply(
-        node_id=node_id,
-        client_id=str(info.get("client-id", node_id)),
-        student=str(info.get("student", "?")),
-        probs=probs,
-        test_probs=test_probs,
-        epsilon=math.inf if info.get("non-private") is True else metrics["epsilon"],
-        num_examples=int(metrics["num-examples"]),
-        declined=bool(metrics["declined"]),
-        reason=str(info.get("reason", "")),
-        nbytes=nbytes,
-        ledger=ledger,
-    )
+    if meta.weight < 1:
+        return Rejection(node_id, f"num-examples={meta.weight} must be >= 1")
+    return ValidReply(node_id, meta, probs, test_probs, payload_nbytes(arrays))
 
 
 # ---------------------------------------------------------------- ledger keys
@@ -128,11 +124,3 @@ def check_pinned_keys(valid: list[ValidReply],
         else:
             kept.append(reply)
     return kept, rejected
-
-
-def secure_ledger_head(metrics: Mapping[str, Any]) -> LedgerHead | None:
-    """The ledger head in a secure reply's visible metrics; None when absent or malformed."""
-    try:
-        return LedgerHead.from_info(metrics)
-    except KnowledgeError:
-        return None

@@ -48,8 +48,8 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from common.config import FedConfig
-from common.errors import ConfigError
-from common.protocol import SECURE_REPLY_METRICS, RoundPlan, pack_secure_instructions
+from common.errors import ConfigError, KnowledgeError
+from common.protocol import ReplyMeta, RoundPlan, pack_secure_instructions
 
 MODULUS = 2**32  # Flower's largest modulus_range: masks are drawn in [0, 2^32)
 CLIPPING_RANGE = 1.0  # probabilities, and count-weighted probabilities, lie in [0, 1]
@@ -123,7 +123,9 @@ class SecureOutcome:
 
     aggregate: np.ndarray  # (m, C) weighted mean of the soft labels
     test_aggregate: np.ndarray | None  # (n_test, C) in evaluate rounds
-    clients: list[dict[str, Any]]  # per contributing client: node id and metrics
+    clients: list[tuple[int, ReplyMeta]]  # per contributing client: node id, metadata
+    invalid: list[str]  # clients whose visible metadata failed the checks (their soft
+    #                     labels are in the sum all the same: SecAgg+ cannot take them out)
     dropped: int  # sampled clients that left the protocol or whose reply was refused
     reasons: list[str]  # why, as far as the error replies say (deduplicated)
 
@@ -182,6 +184,7 @@ def run_secure_round(
     if not strategy.results:
         return None
     arrays = parameters_to_ndarrays(strategy.results[0][1].parameters)
+    metas = [(node, _client_meta(res)) for node, res in strategy.results]
     dropped = len(sampled) - len(strategy.results)
     log(INFO, "SecAgg+: aggregate of %s clients (%s dropped), quantization range %s",
         len(strategy.results), dropped, settings.quantization_range)
@@ -189,7 +192,8 @@ def run_secure_round(
         aggregate=np.asarray(arrays[0], dtype=np.float64).reshape(shapes[0]),
         test_aggregate=(np.asarray(arrays[1], dtype=np.float64).reshape(shapes[1])
                         if len(shapes) > 1 else None),
-        clients=[_client_metrics(node, res) for node, res in strategy.results],
+        clients=[(node, meta) for node, meta in metas if isinstance(meta, ReplyMeta)],
+        invalid=[f"node {node}: {meta}" for node, meta in metas if isinstance(meta, str)],
         dropped=dropped,
         reasons=strategy.reasons,
     )
@@ -201,10 +205,12 @@ def _reason(failure: Any) -> str:
     return str(getattr(error, "reason", None) or error)
 
 
-def _client_metrics(node_id: int, res: FitRes) -> dict[str, Any]:
-    """The metadata SecAgg+ does not hide: each client's count and metrics."""
-    metrics = {key: res.metrics.get(key) for key in SECURE_REPLY_METRICS}
-    return {"node_id": node_id, "num_examples": int(res.num_examples), **metrics}
+def _client_meta(res: FitRes) -> ReplyMeta | str:
+    """The metadata SecAgg+ does not hide, checked as a plain reply's; a reason if bad."""
+    try:
+        return ReplyMeta.parse_flat(res.metrics, res.num_examples)
+    except KnowledgeError as exc:
+        return exc.reason
 
 
 class _ShapeCheckedGrid:

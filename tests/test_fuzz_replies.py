@@ -689,7 +689,8 @@ def _validate_fuzz(tally: dict[str, int]) -> Callable[[], None]:
         assert math.isfinite(result.epsilon) and result.epsilon >= 0
         assert isinstance(result.num_examples, int) and result.num_examples >= 1
         assert isinstance(result.nbytes, int) and result.nbytes >= 0
-        assert all(isinstance(s, str) for s in (result.client_id, result.student, result.reason))
+        assert all(isinstance(s, str)
+                   for s in (result.client_id, result.meta.student, result.meta.reason))
 
     return check
 

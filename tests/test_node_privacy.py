@@ -21,6 +21,7 @@ from torch import nn
 from client.app import _private_round
 from client.state import ClientState
 from common.config import FedConfig
+from common.distill.codec import encode_knowledge
 from common.errors import CryptoError, LedgerError, PrivacyMismatchError
 from common.privacy.accounting import DpEvent
 from common.privacy.planner import check_ran_as_planned, plan_noise
@@ -30,7 +31,9 @@ from common.protocol import (
     KNOWLEDGE,
     PUBLIC,
     ROUND,
+    ReplyMeta,
     RoundPlan,
+    plain_reply,
     refusal_record,
     released_count,
     to_array_record,
@@ -204,15 +207,20 @@ def test_a_run_cannot_switch_dp_off_on_a_node_that_forbids_it(tmp_path: Path) ->
 
 def test_non_dp_training_where_allowed_makes_the_reported_epsilon_infinite(
         tmp_path: Path) -> None:
-    from client.app import _reported_epsilon
-
     cfg = FedConfig(dp=False, dp_batch_size=16)
     state = ClientState(tmp_path / "c")
     x, y = _ids(64)
     out = _private_round(cfg, RoundPlan(1, "r", 1, "fp", False), state, Recorder(64), x, y,
                          policy=NodePolicy(allow_non_dp=True), device=CPU, client_id="c0")
     assert out.non_private and not out.declined
-    assert _reported_epsilon(state, cfg) == math.inf
+    assert ClientState(tmp_path / "c").trained_without_dp()  # for good, across restarts
+    meta = ReplyMeta(client_id="c0", student="cnn", epsilon=state.ledger.epsilon(), weight=1,
+                     declined=False, reason="", dp_steps=0, noise_multiplier=0.0,
+                     non_private=True, ledger=None)
+    labels = encode_knowledge(np.full((4, 2), 0.5, dtype=np.float32), "float16")
+    result = validate_content(plain_reply(meta, labels, None), 1, encoding="float16",
+                              num_rows=4, num_classes=2, num_test=None)
+    assert result.epsilon == math.inf  # what the coordinator records for this node
 
 
 def test_the_run_config_cannot_raise_the_nodes_budget(tmp_path: Path) -> None:

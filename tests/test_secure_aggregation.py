@@ -97,8 +97,10 @@ def test_secure_aggregate_equals_plain_weighted_mean(tmp_path: Path) -> None:
     unweighted = np.mean([np.asarray(sent[k][0][0]) for k in sent], axis=0).reshape(shapes[0])
     assert float(np.abs(outcome.aggregate - unweighted).max()) > 1e-4
     # What the coordinator learns besides the sums: each client's count and metrics.
-    assert {c["num_examples"] for c in outcome.clients} == counts
-    assert all(0 < c["epsilon"] <= 8.0 for c in outcome.clients)
+    assert {meta.weight for _, meta in outcome.clients} == counts
+    assert all(0 < meta.epsilon <= 8.0 for _, meta in outcome.clients)
+    assert all(meta.ledger is not None and meta.ledger.records == 1
+               for _, meta in outcome.clients) and not outcome.invalid
 
 
 @pytest.mark.slow
@@ -108,7 +110,8 @@ def test_dropout_mid_round_is_tolerated(tmp_path: Path) -> None:
     outcome, sent, shapes = _secure_round(tmp_path, num_nodes=5, attack="raise",
                                           attack_fraction=0.2)
     assert outcome is not None and outcome.dropped == 1
-    assert sorted(c["client-id"] for c in outcome.clients) == [f"client-{k}" for k in (1, 2, 3, 4)]
+    assert sorted(meta.client_id for _, meta in outcome.clients) == [
+        f"client-{k}" for k in (1, 2, 3, 4)]
     assert 0 not in sent  # the recorder sits inside train's caller: client 0 never replied
     want = _plain_weighted_mean(sent, [1, 2, 3, 4], 0, shapes[0])
     assert float(np.abs(outcome.aggregate - want).max()) <= 1e-5

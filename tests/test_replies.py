@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,17 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.attacks import corrupt, poison
 from common.distill.codec import encode_knowledge
-from common.protocol import INFO, METRICS, SOFT_LABELS, to_array_record
+from common.errors import KnowledgeError
+from common.protocol import (
+    INFO,
+    METRICS,
+    SOFT_LABELS,
+    LedgerHead,
+    ReplyMeta,
+    parse_plain_meta,
+    plain_reply,
+    to_array_record,
+)
 from coordinator.replies import Rejection, ValidReply, validate_content
 
 M, C = 6, 3
@@ -101,3 +112,31 @@ def test_poisoned_soft_labels_stay_valid(kind: str) -> None:
 
 def test_array_record_type_is_what_flower_carries() -> None:
     assert isinstance(to_array_record({"x": np.zeros(2)}), ArrayRecord)
+
+
+# ---------------------------------------------------------------- one reply, both paths
+META = ReplyMeta(client_id="client-3", student="cnn", epsilon=2.5, weight=700, declined=False,
+                 reason="", dp_steps=6, noise_multiplier=1.1, non_private=False,
+                 ledger=LedgerHead("ab" * 32, 4, "sha256:" + "cd" * 32), test_accuracy=0.7)
+
+
+def test_reply_meta_round_trips_on_both_paths() -> None:
+    plain = parse_plain_meta(plain_reply(META, encode_knowledge(np.full((2, 2), 0.5,
+                                                                        np.float32),
+                                                                "float16"), None))
+    assert plain == replace(META, test_accuracy=None)  # plain: the coordinator computes it
+    assert ReplyMeta.parse_flat(META.flat(), META.weight) == META
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("epsilon", float("nan")), ("epsilon", -1.0), ("epsilon", "8"), ("dp-steps", 10**400),
+    ("noise-multiplier", float("inf")), ("declined", None), ("test-accuracy", 7.0),
+    ("test-accuracy", "high"), ("ledger-head", "zz"), ("ledger-records", -1),
+    ("ledger-key", 3),
+])
+def test_hostile_secure_metadata_is_refused_with_a_reason(key: str, value: object) -> None:
+    """The metadata that travels in plain beside a masked vector gets the plain path's
+    checks (before, the secure path used it unchecked and a bad value raised)."""
+    with pytest.raises(KnowledgeError) as info:
+        ReplyMeta.parse_flat({**META.flat(), key: value}, META.weight)
+    assert info.value.reason

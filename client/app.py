@@ -308,9 +308,11 @@ def _private_round(
         # The event is already recorded (a retry after a crash): never spend it twice.
         return _decline(client_id, Refusal.ALREADY_SPENT,
                         f"round {plan.round} of run {plan.run_id} is already in the ledger")
-    if not cfg.dp:
-        return _non_private_round(cfg, plan, state, student, x, y, policy=policy,
-                                  device=device, client_id=client_id)
+    if not cfg.dp:  # the run asks for no DP: only a node whose policy allows it complies
+        if not policy.allow_non_dp:
+            return _decline(client_id, Refusal.NON_DP, "the run asks for training without "
+                            "DP; this node's policy never allows it (allow-non-dp = false)")
+        return _non_private_round(cfg, plan, state, student, x, y, device=device)
     delta = state.ledger.delta() or policy.delta  # the ledger's first record fixes δ
     if not policy.delta_fits(delta, len(x)):
         return _decline(client_id, Refusal.DELTA,
@@ -343,15 +345,10 @@ def _decline(client_id: str, code: str, why: str, *, sigma: float = 0.0) -> Priv
     return PrivateOutcome(declined=True, reason=code, sigma=sigma)
 
 
-def _non_private_round(
-    cfg: FedConfig, plan: RoundPlan, state: ClientState, student: torch.nn.Module,
-    x: torch.Tensor, y: torch.Tensor, *, policy: NodePolicy, device: torch.device,
-    client_id: str,
-) -> PrivateOutcome:
-    """``dp = false``: declined unless the node's own policy allows non-DP training."""
-    if not policy.allow_non_dp:
-        return _decline(client_id, Refusal.NON_DP, "the run asks for training without DP; "
-                        "this node's policy never allows it (allow-non-dp = false)")
+def _non_private_round(cfg: FedConfig, plan: RoundPlan, state: ClientState,
+                       student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                       device: torch.device) -> PrivateOutcome:
+    """``dp = false`` on a node that allows it: plain training, and ε is ∞ from now on."""
     state.mark_trained_without_dp()  # before training: from now on its ε is ∞
     steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
     # The same data without DP, with the plain loop's AdamW (at the distillation lr).

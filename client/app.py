@@ -171,6 +171,9 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     device = resolve_device(cfg.device)
     state = ClientState(node.state_dir)
     family = cfg.student_for(node.partition_id)
+    # Public randomness from the public seed (init, dropout); DP randomness never uses
+    # torch's global generator (common/training/dp.py).
+    torch.manual_seed(cfg.seed * 1000 + node.partition_id)
     student = build_model(_student_config(cfg, task, family))
     state.load_student(student)
     client_id = f"client-{node.partition_id}"

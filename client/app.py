@@ -173,7 +173,8 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     family = cfg.student_for(node.partition_id)
     # Public randomness from the public seed (init, dropout); DP randomness never uses
     # torch's global generator (common/training/dp.py).
-    torch.manual_seed(cfg.seed * 1000 + node.partition_id)
+    torch.manual_seed(int(np.random.SeedSequence(
+        [cfg.seed, node.partition_id, plan.round]).generate_state(1)[0]))
     student = build_model(_student_config(cfg, task, family))
     state.load_student(student)
     client_id = f"client-{node.partition_id}"

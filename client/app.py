@@ -328,14 +328,14 @@ def _private_round(
                          accountant=cfg.accountant)
     if not check.fits:
         return _decline(client_id, Refusal.BUDGET, check.reason, sigma=event.noise_multiplier)
-    state.ledger.append(run_id=plan.run_id, round=plan.round, client_id=client_id, event=event,
-                        accountant=cfg.accountant, delta=delta)
+    record = state.ledger.append(run_id=plan.run_id, round=plan.round, client_id=client_id,
+                                 event=event, accountant=cfg.accountant, delta=delta)
     ran = dp_train(student, x, y, noise_multiplier=event.noise_multiplier,
                    max_grad_norm=cfg.max_grad_norm, expected_batch_size=cfg.dp_batch_size,
                    steps=event.steps, lr=cfg.dp_lr, optimizer=cfg.dp_optimizer,
                    trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
                    max_physical_batch_size=cfg.max_physical_batch_size, device=device,
-                   seeds=DpSeeds.derive(state.secret, plan.run_id, plan.round),
+                   seeds=DpSeeds.for_ledger_record(state.secret, record.index),
                    adapter_rank=cfg.dp_adapter_rank)
     check_ran_as_planned(event, noise_multiplier=ran.noise_multiplier,
                          sample_rate=ran.sample_rate, steps=ran.steps,

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from common.errors import FedistillError
 from simulations.dpsgd_audit import dpsgd_command
+from simulations.softlabel_audit import softlabel_command
 
 if TYPE_CHECKING:  # the heavy modules load only when a command runs
     from common.privacy.auditing import AttackMetrics
@@ -258,3 +259,4 @@ def _canary_table(result: CanaryAuditResult) -> Table:
 
 
 audit_app.command("dpsgd")(dpsgd_command)
+audit_app.command("softlabels")(softlabel_command)

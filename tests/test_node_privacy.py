@@ -123,15 +123,18 @@ def test_the_client_samples_from_its_secret_not_from_public_values(tmp_path: Pat
     plan = RoundPlan(2, "run-x", 5, "fp", False)
     a = ClientState(tmp_path / "a")
     seen_a = _client_batches(a, cfg, plan)
-    expected = _batches(DpSeeds.derive(a.secret, plan.run_id, plan.round), steps=len(seen_a))
+    expected = _batches(DpSeeds.for_ledger_record(a.secret, 0), steps=len(seen_a))
     assert seen_a == expected  # the batches are those of the node's secret ...
     public = {cfg.seed * 1000 + plan.round, cfg.seed, plan.round, cfg.seed + plan.round, 0}
     for guess in public:  # ... and not those of any value the coordinator knows
         assert _batches(DpSeeds(guess, guess), steps=len(seen_a)) != seen_a
+    # another DP event of the same node (another run, same round): fresh batches, never
+    # the same ones twice (the composition behind ε assumes independent steps)
+    assert _client_batches(a, cfg, RoundPlan(2, "run-y", 5, "fp", False)) != seen_a
     b = ClientState(tmp_path / "b")  # another node, same public values: other batches
     assert _client_batches(b, cfg, plan) != seen_a
-    assert derive_seed(a.secret, "poisson-sampling", "run-x", 2) != derive_seed(
-        b.secret, "poisson-sampling", "run-x", 2)
+    assert derive_seed(a.secret, "poisson-sampling", "ledger-record", 0) != derive_seed(
+        b.secret, "poisson-sampling", "ledger-record", 0)
 
 
 # ---------------------------------------------------------------- the mechanism itself

@@ -5,10 +5,14 @@ nobody but the node can tell which examples a DP-SGD step sampled, and the Gauss
 mechanism assumes nobody can recompute the noise. Seeds made of values the coordinator
 knows (the run seed, the round) break both. So each node holds a 32-byte secret from the
 operating system's CSPRNG (``node_secret``, mode 0600, beside its ledger key) and derives
-one seed per purpose, run and round from it with HMAC-SHA256:
+one seed per purpose and DP event from it with HMAC-SHA256:
 
-    seed = first 8 bytes of HMAC-SHA256(secret, "fedistill/dp/<purpose>|<run id>|<round>")
+    seed = first 8 bytes of HMAC-SHA256(secret, "fedistill/dp/<purpose>|<context>|<n>")
 
+A client's DP event is named by its index in the node's ledger ("ledger-record", n):
+unique for every DP step the node ever takes on its data, across rounds, runs and
+restarts, so no two events share batches or noise (their independence is what the
+composition behind ε assumes), and the same in a rerun that starts from the same ledger.
 Same secret and same config give a bit-identical rerun; a different secret gives other
 batches and other noise; without the secret the seeds are as good as random. Public
 randomness (model init, partitions, public shuffles) keeps the public run seed.
@@ -70,11 +74,11 @@ def _read_secret(path: Path) -> bytes:
     return data
 
 
-def derive_seed(secret: bytes, purpose: str, run_id: str, round: int) -> int:
-    """A 63-bit seed for ``purpose`` in ``round`` of ``run_id`` (see the module docstring)."""
+def derive_seed(secret: bytes, purpose: str, context: str, counter: int) -> int:
+    """A 63-bit seed for ``purpose`` at ``counter`` in ``context`` (the module docstring)."""
     if len(secret) < 16:
         raise CryptoError(f"a node secret must have at least 16 bytes, found {len(secret)}")
-    message = f"{_DOMAIN}/{purpose}|{run_id}|{round}".encode()
+    message = f"{_DOMAIN}/{purpose}|{context}|{counter}".encode()
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are signed 64-bit
 
@@ -87,9 +91,14 @@ class DpSeeds:
     noise: int
 
     @classmethod
-    def derive(cls, secret: bytes, run_id: str, round: int) -> DpSeeds:
-        return cls(derive_seed(secret, "poisson-sampling", run_id, round),
-                   derive_seed(secret, "gaussian-noise", run_id, round))
+    def derive(cls, secret: bytes, context: str, counter: int) -> DpSeeds:
+        return cls(derive_seed(secret, "poisson-sampling", context, counter),
+                   derive_seed(secret, "gaussian-noise", context, counter))
+
+    @classmethod
+    def for_ledger_record(cls, secret: bytes, index: int) -> DpSeeds:
+        """The seeds of the DP event recorded at ``index`` of the node's ledger."""
+        return cls.derive(secret, "ledger-record", index)
 
 
 def fresh_seeds() -> DpSeeds:

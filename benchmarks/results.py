@@ -100,7 +100,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         env = data["environment"]
         lines += [f"## `{preset}` preset", "",
                   "Commands (each adds or replaces its rows): "
-                  + "; ".join(f"`{c}`" for c in data.get("commands", [data.get("command")]))
+                  + "; ".join(f"`{_relative(c)}`"
+                              for c in data.get("commands", [data.get("command")]))
                   + "  ",
                   f"Environment: torch {env['torch']}, opacus {env['opacus']}, flwr "
                   f"{env['flwr']}, {env['device']}.", "",
@@ -135,6 +136,11 @@ PRE_FIX_NOTE = ("† Run before issue 14's fixes: the Poisson sampling was seede
                 "did not hold and the ε shown is not a valid bound for that run (its "
                 "accuracy stands). Rows without † were rerun with each node's secret "
                 "seeding its sampling and noise.")
+
+
+def _relative(command: str) -> str:
+    """Commands as a reader runs them: from the checkout, never this machine's paths."""
+    return command.replace(str(ROOT) + "/", "")
 
 
 def _pre_fix(row: dict[str, Any]) -> bool:

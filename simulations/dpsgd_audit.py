@@ -611,10 +611,10 @@ def dpsgd_command(
     Exits 1 when an auditor of the deployed threat model (sampling secret) bounds ε above
     the claim, 2 on bad input.
     """
-    import json
-
     import torch
     from rich.console import Console
+
+    from simulations.audit_output import finish_audit
 
     console = Console()
     torch.set_num_threads(1)
@@ -644,14 +644,8 @@ def dpsgd_command(
         f"steps = {result.steps}, canaries in = {result.included} / {cfg.canaries}, "
         f"ceiling with all {cfg.canaries} guessed right = {result.ceiling_all:.3f}, "
         f"{result.seconds:.1f} s")
-    for note in result.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "dpsgd_audit.json").write_text(json.dumps(result.to_dict(), indent=2))
-        console.print(f"wrote {out / 'dpsgd_audit.json'}")
-    if not result.consistent:
-        console.print("[red]An auditor with secret sampling bounds ε above the claim: the "
-                      "claim is false, or dp_train does not do what the accountant "
-                      "assumes.[/red]")
-        raise typer.Exit(code=1)
+    finish_audit(console, notes=result.notes, out=out, filename="dpsgd_audit.json",
+                 payload=result.to_dict(), consistent=result.consistent,
+                 failure="An auditor with secret sampling bounds ε above the claim: the "
+                         "claim is false, or dp_train does not do what the accountant "
+                         "assumes.")

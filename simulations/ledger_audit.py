@@ -55,6 +55,7 @@ from common.privacy.independent import (
     independent_epsilons,
 )
 from common.privacy.ledger import LedgerRecord, PrivacyLedger
+from simulations.audit_output import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -440,20 +441,11 @@ class AuditReport:
                 "agreement_orders": list(INTEGER_ORDERS),
                 "pld_value_discretization_interval": PLD_VALUE_DISCRETIZATION_INTERVAL,
             },
-            "clients": [_json_safe(asdict(c)) for c in self.clients],
+            "clients": [json_safe(asdict(c)) for c in self.clients],
             "findings": [asdict(f) for f in self.findings],
         }
 
 
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats become strings ("inf"), so the JSON stays standard."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _audit_records(

@@ -49,6 +49,7 @@ from common.privacy.planner import check_ran_as_planned, plan_noise
 from common.privacy.secrets import fresh_seeds
 from common.task import client_partitions, prepare_task
 from common.training import dp_train, predict_logits, train_supervised
+from simulations.audit_output import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class CanaryAuditResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["consistent"] = self.consistent
-        return _json_safe(out)
+        return json_safe(out)
 
 
 def run_canary_audit(
@@ -260,7 +261,7 @@ class StudentAuditResult:
     note: str
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
 def audit_run_student(
@@ -330,11 +331,3 @@ def _ledger_epsilon(path: Path) -> tuple[float | None, float | None]:
     return PrivacyLedger(path).epsilon(), records[-1].delta
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj

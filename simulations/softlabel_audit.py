@@ -69,6 +69,7 @@ import typer
 
 from common.config import STUDENT_FAMILIES, FedConfig
 from common.errors import ConfigError, FedistillError
+from simulations.audit_output import json_safe
 
 if TYPE_CHECKING:  # torch and Opacus load only when an audit runs
     import torch
@@ -414,17 +415,9 @@ class SoftlabelAuditResult:
         out = asdict(self)
         out["consistent"] = self.consistent
         out["epsilon_lower_bound"] = self.epsilon_lower_bound
-        return _json_safe(out)
+        return json_safe(out)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------- the audit
@@ -615,10 +608,10 @@ def softlabel_command(
 
     Exits 1 when an ε lower bound exceeds the claimed ε, 2 on bad input.
     """
-    import json
-
     import torch
     from rich.console import Console
+
+    from simulations.audit_output import finish_audit
 
     console = Console()
     torch.set_num_threads(1)
@@ -650,13 +643,7 @@ def softlabel_command(
         f"n = {result.private_examples} ({result.included} / {cfg.canaries} canaries in), "
         f"ceiling with all {cfg.canaries} guessed right = {result.ceiling_all:.3f}, "
         f"{result.seconds:.1f} s")
-    for note in result.notes:
-        console.print(f"[yellow]note[/yellow] {note}")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "softlabel_audit.json").write_text(json.dumps(result.to_dict(), indent=2))
-        console.print(f"wrote {out / 'softlabel_audit.json'}")
-    if not result.consistent:
-        console.print("[red]An ε lower bound exceeds the claimed ε: the client's soft labels "
-                      "leak more than its ledger says.[/red]")
-        raise typer.Exit(code=1)
+    finish_audit(console, notes=result.notes, out=out, filename="softlabel_audit.json",
+                 payload=result.to_dict(), consistent=result.consistent,
+                 failure="An ε lower bound exceeds the claimed ε: the client's soft labels "
+                         "leak more than its ledger says.")

@@ -59,7 +59,7 @@ from common.protocol import (
     released_count,
     unpack_secure_instructions,
 )
-from common.task import PreparedTask, client_partitions, prepare_task
+from common.task import PreparedTask, client_partitions, feature_dim, prepare_task, task_for
 from common.training import distill, dp_train, predict_logits, train_supervised
 
 log = logging.getLogger(__name__)
@@ -162,15 +162,17 @@ class RoundResult:
 def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: np.ndarray,
                   knowledge: dict[str, np.ndarray]) -> RoundResult:
     """Steps (a)–(e) of the module docstring for one round."""
-    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    family = cfg.student_for(node.partition_id)
+    task = task_for(cfg, prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len),
+                    family)
     if plan.fingerprint != task.fingerprint:
         raise KnowledgeError(
-            f"tokenizer fingerprint {task.fingerprint[:12]} differs from the coordinator's "
-            f"{plan.fingerprint[:12]}: both sides must load the same dataset and vocab-size."
+            f"fingerprint {task.fingerprint[:12]} differs from the coordinator's "
+            f"{plan.fingerprint[:12]}: both sides must load the same dataset, vocab-size "
+            "and backbone weights."
         )
     device = resolve_device(cfg.device)
     state = ClientState(node.state_dir)
-    family = cfg.student_for(node.partition_id)
     # Public randomness from the public seed (init, dropout); DP randomness never uses
     # torch's global generator (common/training/dp.py).
     torch.manual_seed(int(np.random.SeedSequence(
@@ -266,8 +268,10 @@ def _private_data(cfg: FedConfig, node: NodeSettings,
                   task: PreparedTask) -> tuple[torch.Tensor, torch.Tensor]:
     """A deployed node's own files, else the simulated partition of this client."""
     if node.data_dir is not None:  # client/private_data.py
+        features = (feature_dim(task) > 0 and cfg.backbone) or ""
         return load_private_dir(node.data_dir, task, dataset=cfg.dataset, seed=cfg.seed,
-                                max_len=cfg.max_len)
+                                max_len=cfg.max_len, backbone=features,
+                                cache_dir=node.state_dir / "cache")
     part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
                              node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
     return task.private_x[part], task.private_y[part]
@@ -286,7 +290,8 @@ def _encode_reply(cfg: FedConfig, node: NodeSettings, probs: np.ndarray,
 
 def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:
     return ModelConfig(family=family, size=cfg.student_size, vocab_size=task.vocab_size,
-                       num_classes=task.num_classes, max_len=cfg.max_len)
+                       num_classes=task.num_classes, max_len=cfg.max_len,
+                       feature_dim=feature_dim(task))
 
 
 @dataclass(frozen=True)

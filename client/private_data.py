@@ -33,8 +33,14 @@ def _class_names(dataset: str, seed: int) -> tuple[str, ...]:
 
 
 def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed: int,
-                     max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids (N, max_len), labels (N,)) of the node's own labelled files."""
+                     max_len: int, backbone: str = "",
+                     cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels (N,)) of the node's own labelled files.
+
+    The inputs are token ids (N, max_len), or with ``backbone`` the frozen encoder's
+    features (N, dim), computed here and cached in ``cache_dir``, the node's own folder:
+    features of private texts never go to a shared cache.
+    """
     names = _class_names(dataset, seed)
     split = load_text_classification_dir(directory, class_names=names or None)
     if len(split) == 0 or split.texts is None or split.labels is None:
@@ -44,5 +50,10 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     if int(y.max()) >= task.num_classes or int(y.min()) < 0:
         raise DataError(f"data-dir {directory}: label ids {sorted(set(y.tolist()))} do not fit "
                         f"the {task.num_classes} classes of dataset={dataset!r} {names}.")
+    if backbone:
+        from common.models.pretrained import encode_cached
+
+        return torch.from_numpy(encode_cached(backbone, list(split.texts), max_len=max_len,
+                                              feature_dir=cache_dir)), y
     x = encode_batch(_tokenizer(task.tokenizer_json), list(split.texts), max_len)
     return x, y

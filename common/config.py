@@ -18,7 +18,12 @@ from typing import Any
 
 from common.errors import ConfigError
 
-STUDENT_FAMILIES = ("transformer", "lstm", "cnn")
+STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp")
+TEACHER_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp")
+# heads on a frozen pretrained encoder's cached features (common/models/heads.py)
+FEATURE_FAMILIES = ("probe", "probe-mlp")
+BUILTIN_BACKBONES = ("minilm",)  # fetched as data (common/models/pretrained.py)
+HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
 ENCODINGS = ("float32", "float16", "int8", "topk")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
@@ -42,6 +47,8 @@ class FedConfig:
     alpha: float = 0.5  # Dirichlet concentration (partition = dirichlet)
     max_len: int = 40  # tokens per text; longer texts are truncated
     vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
+    backbone: str = ""  # a frozen pretrained encoder for the probe families: minilm,
+    #                     hf:HUB_NAME or hf:LOCAL_DIR ('' = every model from scratch)
     # --- rounds
     rounds: int = 5
     clients_per_round: int = 0  # 0 = every client, every round
@@ -59,6 +66,8 @@ class FedConfig:
     teacher_anchor_epochs: int = 1  # per round, on the labeled teacher set (no drift)
     teacher_targets: str = "hard"  # hard = arg-max of the aggregate (pseudo-labels) | soft = KD
     teacher_checkpoint: str = ""  # a saved teacher to load instead of pre-training
+    collapse_share: float = 0.9  # a round that would put more of the public batch into one
+    #                              class (where the teacher does not) is not applied
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
     encoding: str = "float16"  # float32 | float16 | int8 | topk
@@ -114,6 +123,8 @@ class FedConfig:
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("attack", self.attack, ATTACKS)
         _check_choice("teacher-targets", self.teacher_targets, ("hard", "soft"))
+        _check_choice("teacher-family", self.teacher_family, TEACHER_FAMILIES)
+        _check_backbone(self)
         _check_secagg(self)
         if not 0 <= self.attack_fraction <= 1:
             raise ConfigError(f"attack-fraction={self.attack_fraction} must lie in [0, 1].")
@@ -131,6 +142,9 @@ class FedConfig:
             _check_positive(key, getattr(self, key))
         if self.delta >= 1:
             raise ConfigError(f"delta={self.delta} must be below 1 (and below 1/n per client).")
+        if not 0.5 <= self.collapse_share <= 1:
+            raise ConfigError(f"collapse-share={self.collapse_share} must lie in [0.5, 1] "
+                              "(1 = never refuse a teacher update).")
         if not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"trim-fraction={self.trim_fraction} must lie in [0, 0.5).")
         if not 0 < self.filter_ratio < float("inf"):
@@ -252,6 +266,23 @@ def _coerce(key: str, value: Any, target: type) -> Any:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
+
+
+def check_backbone_spec(spec: str) -> None:
+    """Fail early, naming the choices, on a spec that is neither built-in nor ``hf:``."""
+    if spec and spec not in BUILTIN_BACKBONES and not (
+            spec.startswith(HF_PREFIX) and len(spec) > len(HF_PREFIX)):
+        raise ConfigError(f"backbone={spec!r} is not one of {', '.join(BUILTIN_BACKBONES)}, "
+                          "hf:HUB_NAME or hf:LOCAL_DIR ('' = models trained from scratch).")
+
+
+def _check_backbone(cfg: FedConfig) -> None:
+    check_backbone_spec(cfg.backbone)
+    needs = [f for f in (cfg.teacher_family, *cfg.student_families) if f in FEATURE_FAMILIES]
+    if needs and not cfg.backbone:
+        raise ConfigError(f"{', '.join(sorted(set(needs)))} train(s) on a pretrained "
+                          "encoder's features: set backbone (minilm, hf:HUB_NAME or "
+                          "hf:LOCAL_DIR).")
 
 
 def _check_secagg(cfg: FedConfig) -> None:

@@ -9,7 +9,9 @@ Private texts never reach the tokenizer: its vocabulary would otherwise leak the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common.config import FEATURE_FAMILIES, FedConfig
 from common.data import (
     encode_batch,
     load_dataset,
@@ -101,3 +104,48 @@ def client_partitions(
         seed=seed,
     )
     return tuple(parts)
+
+
+@functools.lru_cache(maxsize=4)
+def prepare_features(dataset: str, seed: int, backbone: str,
+                     max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every role's features under the frozen ``backbone`` (computed once, then cached).
+
+    Rows are in the same order as :func:`prepare_task`'s token ids. Public, teacher and
+    test features are public (public texts through public weights). The private rows are
+    here for simulation, where one process holds every partition; a deployed node
+    encodes its own files in its own folder (client/private_data.py).
+    """
+    from common.models.pretrained import encode_cached  # transformers loads only if used
+
+    roles = load_dataset(dataset, seed=seed)
+    parts = (roles.private.texts, roles.public.texts, roles.teacher.texts, roles.test.texts)
+    features = torch.from_numpy(encode_cached(backbone, [t for p in parts for t in p],
+                                              max_len=max_len))
+    private, public, teacher, test = features.split([len(p) for p in parts])
+    return private, public, teacher, test
+
+
+def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
+    """The task as a ``family`` model reads it: features for the probes, else token ids.
+
+    With a backbone the fingerprint both sides check covers its weights too, so a node
+    with another checkpoint refuses the round like one with another tokenizer.
+    """
+    if not cfg.backbone:
+        return task
+    from common.models.pretrained import resolve_backbone
+
+    joined = f"{task.fingerprint}:{resolve_backbone(cfg.backbone).fingerprint}"
+    task = dataclasses.replace(task, fingerprint=hashlib.sha256(joined.encode()).hexdigest())
+    if family not in FEATURE_FAMILIES:
+        return task
+    private, public, teacher, test = prepare_features(cfg.dataset, cfg.seed, cfg.backbone,
+                                                      cfg.max_len)
+    return dataclasses.replace(task, private_x=private, public_x=public, teacher_x=teacher,
+                               test_x=test)
+
+
+def feature_dim(task: PreparedTask) -> int:
+    """The width of the features a probe reads (0 when the task holds token ids)."""
+    return int(task.public_x.shape[1]) if task.public_x.is_floating_point() else 0

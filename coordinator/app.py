@@ -25,10 +25,10 @@ from common.distill.codec import decode_knowledge, encode_knowledge, payload_nby
 from common.distill.losses import soften
 from common.errors import FedistillError, KnowledgeError
 from common.metrics import accuracy
-from common.models import ModelConfig, build_model, count_parameters
+from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
-from common.task import PreparedTask, prepare_task
-from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
+from common.task import PreparedTask, prepare_task, task_for
+from common.training import evaluate_accuracy, predict_logits, train_supervised
 from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
     Checkpoint,
@@ -51,6 +51,7 @@ from coordinator.report import (
     write_summary,
 )
 from coordinator.secure import run_secure_round
+from coordinator.teacher import guarded_update, teacher_config
 
 app = ServerApp()
 
@@ -70,7 +71,8 @@ def main(grid: Grid, context: Context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    task = task_for(cfg, prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len),
+                    cfg.teacher_family)
     (out / "tokenizer.json").write_text(task.tokenizer_json)
     rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
 
@@ -106,12 +108,6 @@ def main(grid: Grid, context: Context) -> None:
                                               capture_rng(rng, np_rng), history))
     torch.save(teacher.state_dict(), out / "teacher.pt")
     write_summary(out, cfg, history)
-
-
-def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
-    return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
-                       vocab_size=task.vocab_size, num_classes=task.num_classes,
-                       max_len=cfg.max_len)
 
 
 def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -212,9 +208,13 @@ def _run_round(
         )
 
     # --- distil the teacher on (S_t, aggregate), evaluate
+    update = "no aggregate"
     if outcome.aggregate is not None:
-        update_teacher(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
+        update = guarded_update(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
+    if update != "applied":
+        log(WARNING, "Round %s: the teacher update is not applied: %s", rnd, update)
     record = _evaluate(task, teacher, outcome, evaluate, device)
+    record["teacher_update"] = update
     clients = outcome.clients
     record.update({
         "round": rnd,
@@ -305,25 +305,6 @@ def _checked_aggregate(aggregate: np.ndarray,
         log(WARNING, "Round %s: the secure aggregate is refused: %s", rnd, exc.reason)
         return None, [{"node_id": None, "reason": f"secure aggregate refused: {exc.reason}"}]
     return probs, []
-
-
-def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
-                    public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
-                    device: torch.device) -> None:
-    """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
-    target = torch.as_tensor(aggregate, dtype=torch.float32)
-    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
-        train_supervised(teacher, public_x, target.argmax(dim=1),
-                         epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
-                         device=device, seed=cfg.seed + rnd)
-    else:
-        distill(teacher, public_x, target, temperature=cfg.temperature,
-                epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
-                seed=cfg.seed + rnd)
-    # Anchor on the labeled teacher set so the teacher does not drift towards the
-    # students' mistakes (its labels are the coordinator's own, not private).
-    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
-                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
 
 
 def _train_message(plan: RoundPlan, indices: np.ndarray, knowledge: dict[str, np.ndarray],

@@ -34,7 +34,7 @@ from common.models import ModelConfig, build_model
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.planner import NoisePlan, plan_noise
 from common.privacy.secrets import fresh_seeds
-from common.task import PreparedTask, client_partitions, prepare_task
+from common.task import PreparedTask, client_partitions, feature_dim, prepare_task, task_for
 from common.training import dp_train, predict_logits, train_supervised
 
 BASELINES = ("centralized", "centralized-dp", "local-only", "fedavg", "dp-fedavg")
@@ -70,7 +70,7 @@ def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -
 def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module:
     return build_model(ModelConfig(family=family, size=cfg.student_size,
                                    vocab_size=task.vocab_size, num_classes=task.num_classes,
-                                   max_len=cfg.max_len))
+                                   max_len=cfg.max_len, feature_dim=feature_dim(task)))
 
 
 def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,
@@ -94,8 +94,8 @@ def _epsilon(cfg: FedConfig, plan: NoisePlan) -> float:
 def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                    *, dp: bool, steps: int, sigma: float, device: torch.device,
                    seed: int) -> None:
-    """DP-SGD as the clients run it (all layers: these students start from scratch, where
-    a head-only step would train a classifier on random features), or no DP."""
+    """DP-SGD as the clients run it, but on every trained layer (a from-scratch student's
+    head alone would be a classifier on random features; a probe is all head), or no DP."""
     if dp:
         dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                  expected_batch_size=cfg.dp_batch_size, steps=steps, lr=cfg.dp_lr,
@@ -113,6 +113,7 @@ def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: t
 def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
                  dp: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
+    task = task_for(cfg, task, cfg.student_families[0])
     idx = torch.as_tensor(np.concatenate(parts))
     x, y = task.private_x[idx], task.private_y[idx]
     plan = _plan(cfg, len(x))
@@ -133,11 +134,12 @@ def _local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...
     for k, part in enumerate(parts):
         idx = torch.as_tensor(part)
         plan = _plan(cfg, len(part))
-        model = _student(cfg, task, cfg.student_for(k))
-        _private_train(cfg, model, task.private_x[idx], task.private_y[idx], dp=dp,
+        own = task_for(cfg, task, cfg.student_for(k))
+        model = _student(cfg, own, cfg.student_for(k))
+        _private_train(cfg, model, own.private_x[idx], own.private_y[idx], dp=dp,
                        steps=plan.total_event().steps, sigma=plan.noise_multiplier,
                        device=device, seed=cfg.seed + k)
-        accs[f"client-{k}"], p = _accuracy_and_probs(model, task, device)
+        accs[f"client-{k}"], p = _accuracy_and_probs(model, own, device)
         eps[f"client-{k}"] = _epsilon(cfg, plan) if dp else math.inf
         probs.append(p)
     ensemble = float((np.mean(probs, axis=0).argmax(1) == task.test_y.numpy()).mean())
@@ -149,6 +151,7 @@ def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *
             dp: bool) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     family = cfg.student_families[0]
+    task = task_for(cfg, task, family)
     global_model = _student(cfg, task, family)
     nbytes = sum(p.numel() * 4 for p in global_model.state_dict().values())
     plans = [_plan(cfg, len(part)) for part in parts]

@@ -130,13 +130,19 @@ def _write_node_secrets(out: Path, secrets: dict[str, bytes]) -> None:
 
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
-    from common.task import prepare_task
+    from common.task import prepare_features, prepare_task
+    from simulations.reference import tfidf_reference
     from simulations.report import finalize_summary, plot_run, read_metrics
     from simulations.runner import run_simulation
 
     # Load the data and build the tokenizer here first: an unknown or unusable dataset
-    # then fails in seconds, before Flower starts, naming the value.
+    # then fails in seconds, before Flower starts, naming the value. The backbone's
+    # features are computed here once, not by every simulated client at the same time.
     prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    if cfg.backbone:
+        with console.status(f"encoding the dataset with backbone {cfg.backbone} (once; "
+                            "cached for later runs)..."):
+            prepare_features(cfg.dataset, cfg.seed, cfg.backbone, cfg.max_len)
 
     console.print(f"[bold]fedistill simulate[/bold]: {cfg.dataset}, {cfg.num_clients} clients, "
                   f"{cfg.rounds} rounds, ε budget {cfg.epsilon}, students {cfg.students}")
@@ -150,6 +156,7 @@ def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) 
         summary = run_simulation(cfg, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
                                  on_record=on_record)
     out = Path(cfg.out_dir).resolve()
+    summary["reference"] = tfidf_reference(cfg)
     summary = finalize_summary(out, summary)
     plot_run(out, read_metrics(out), cfg.epsilon)
     return summary

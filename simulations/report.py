@@ -64,6 +64,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),
     ]:
         table.add_row(label, _fmt(value))
+    reference = summary.get("reference")
+    if reference:
+        table.add_row(f"TF-IDF + LR on the teacher's {reference['teacher_labels']} labels",
+                      _fmt(reference["tfidf_lr_teacher_labels"]))
     return table
 
 

@@ -6,7 +6,7 @@ those rounds in this process: the replies of the first partition ids (the client
 run with ``attack-fraction`` makes malicious, :func:`client.attacks.is_malicious`) are
 replaced by :func:`client.attacks.poison` exactly as a malicious client does (same seed,
 same wire encoding), the cell's rule aggregates them, and the coordinator's own teacher
-update (``coordinator.app.update_teacher``) trains the teacher, which is then evaluated
+update (``coordinator.teacher.update_teacher``) trains the teacher, which is then evaluated
 on the test set. The torch RNG (dropout) is put where the coordinator's was, so the
 no-attack cell of the configured rule reproduces the recorded run.
 
@@ -266,7 +266,7 @@ def replay(
     from common.task import prepare_task
     from common.training import train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.app import teacher_config, update_teacher
+    from coordinator.teacher import teacher_config, update_teacher
 
     start, cpu_start = time.monotonic(), time.process_time()
     recorded = load_recorded_rounds(run_dir)
@@ -1180,7 +1180,7 @@ def final_teacher_scores(cfg: FedConfig, run_dir: Path) -> dict[str, float | Non
     from common.models import build_model
     from common.task import prepare_task
     from common.training import predict_logits
-    from coordinator.app import teacher_config
+    from coordinator.teacher import teacher_config
 
     path = Path(run_dir) / "teacher.pt"
     if not path.exists():

@@ -12,7 +12,14 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from common.errors import ConfigError
-from common.models import FAMILIES, SIZES, ModelConfig, build_model, count_parameters
+from common.models import (
+    FAMILIES,
+    FEATURE_FAMILIES,
+    SIZES,
+    ModelConfig,
+    build_model,
+    count_parameters,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +31,8 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-BASE = dict(vocab_size=40, num_classes=3, max_len=16, n_vars=3, horizon=2, image_size=8)
+BASE = dict(vocab_size=40, num_classes=3, max_len=16, n_vars=3, horizon=2, image_size=8,
+            feature_dim=12)
 
 
 def _config(family: str, **kwargs) -> ModelConfig:
@@ -37,6 +45,8 @@ def _example_input(family: str) -> tuple[torch.Tensor, ...]:
         return (torch.randn(2, 10, 3),)
     if family == "vit":
         return (torch.randn(2, 1, 8, 8),)
+    if family in FEATURE_FAMILIES:
+        return (torch.randn(2, 12),)
     ids = torch.randint(3, 40, (2, 10))
     return (ids, ids) if family == "seq2seq" else (ids,)
 
@@ -51,7 +61,7 @@ def test_every_family_and_size_builds_and_runs(family: str, size: str) -> None:
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "probe"])  # a probe has no width
 def test_sizes_grow_tiny_small_base(family: str) -> None:
     counts = [count_parameters(build_model(_config(family, size=s))) for s in SIZES]
     assert counts == sorted(counts) and len(set(counts)) == 3, counts

@@ -100,6 +100,11 @@ def _forecast(gen, n):
     return (torch.randn(n, T, 3, generator=gen),), torch.randn(n, 2, 2, generator=gen)
 
 
+def _features(gen, n):
+    x = nn.functional.normalize(torch.randn(n, 12, generator=gen), dim=-1)
+    return (x,), torch.randint(0, C, (n,), generator=gen)
+
+
 def _images(gen, n):
     return (torch.randn(n, 1, 8, 8, generator=gen),), torch.randint(0, C, (n,), generator=gen)
 
@@ -138,6 +143,9 @@ CASES = [
     Case("lstm", dict(family="lstm", n_layers=4, **_TEXT), _text_cls, "cls"),  # 2 LSTM layers
     Case("lstm-lm", dict(family="lstm-lm", **_TEXT), _lm, "lm"),
     Case("cnn", dict(family="cnn", **_TEXT), _text_cls, "cls"),
+    Case("probe", dict(family="probe", feature_dim=12, num_classes=C), _features, "cls"),
+    Case("probe-mlp", dict(family="probe-mlp", feature_dim=12, num_classes=C, dropout=0.0),
+         _features, "cls"),
 ]
 CASE_IDS = [c.label for c in CASES]
 

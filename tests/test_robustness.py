@@ -315,8 +315,8 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
     from common.task import prepare_task
     from common.training import evaluate_accuracy, train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.app import teacher_config, update_teacher
     from coordinator.report import save_round_replies
+    from coordinator.teacher import teacher_config, update_teacher
 
     data = tmp_path / "d.jsonl"
     rows = [(t, "pos") for t in POS * 4] + [(t, "neg") for t in NEG * 4]

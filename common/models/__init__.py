@@ -24,6 +24,7 @@ from common.models.cnn import CNNTextClassifier
 from common.models.factory import (
     CLASSIFIER_FAMILIES,
     FAMILIES,
+    FEATURE_FAMILIES,
     GHOST_FAMILIES,
     SIZES,
     TEXT_FAMILIES,
@@ -33,6 +34,7 @@ from common.models.factory import (
     count_parameters,
 )
 from common.models.forecaster import ForecastMSELoss, TimeSeriesForecaster
+from common.models.heads import FeatureClassifier
 from common.models.positional import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
@@ -50,6 +52,8 @@ __all__ = [
     "CNNTextClassifier",
     "DecoderBlock",
     "FAMILIES",
+    "FEATURE_FAMILIES",
+    "FeatureClassifier",
     "FeedForward",
     "ForecastMSELoss",
     "GHOST_FAMILIES",

@@ -18,15 +18,19 @@ from common.errors import ConfigError
 from common.models.blocks import NORMS
 from common.models.cnn import CNNTextClassifier
 from common.models.forecaster import TimeSeriesForecaster
+from common.models.heads import FeatureClassifier
 from common.models.positional import POSITIONAL_KINDS
 from common.models.rnn import LSTMClassifier, LSTMLanguageModel
 from common.models.seq2seq import Seq2SeqTransformer
 from common.models.transformer import GPT, POOLINGS, TransformerClassifier
 from common.models.vision import VisionTransformer
 
-FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "vit", "lstm", "lstm-lm", "cnn")
+FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "vit", "lstm", "lstm-lm", "cnn",
+            "probe", "probe-mlp")
 TEXT_FAMILIES = ("transformer", "gpt", "seq2seq", "lstm", "lstm-lm", "cnn")
-CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn")
+# heads on the features of a frozen pretrained encoder (common/models/heads.py)
+FEATURE_FAMILIES = ("probe", "probe-mlp")
+CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn", *FEATURE_FAMILIES)
 # families whose per-sample gradient norms under Opacus ghost clipping were checked
 # against a per-example reference (tests/test_models_privacy.py)
 GHOST_FAMILIES = FAMILIES
@@ -76,6 +80,7 @@ class ModelConfig:
     n_vars: int = 1  # forecaster: input variables per time step
     horizon: int = 1  # forecaster: steps to predict
     n_out: int | None = None  # forecaster: predicted variables (None = n_vars)
+    feature_dim: int = 0  # probe, probe-mlp: width of the encoder's features (required)
     image_size: int = 28  # vit: square images of image_size x image_size
     channels: int = 1  # vit: image channels
     patch_size: int = 4  # vit: square patch side; must divide image_size
@@ -110,7 +115,8 @@ class ModelConfig:
     def _check_ints(self) -> None:
         positive = ["max_len", "n_vars", "horizon", "image_size", "channels", "patch_size"]
         optional = ["n_out", "d_model", "n_layers", "n_heads", "d_ff"]
-        non_negative = ["vocab_size", "num_classes", "pad_id", "bos_id", "eos_id"]
+        non_negative = ["vocab_size", "num_classes", "pad_id", "bos_id", "eos_id",
+                        "feature_dim"]
         for key in positive + optional + non_negative:
             value = getattr(self, key)
             if value is None and key in optional:
@@ -130,6 +136,8 @@ class ModelConfig:
                 raise _fail("vocab_size", self.vocab_size, f"family {self.family!r} needs >= 2")
             if self.pad_id >= self.vocab_size:
                 raise _fail("pad_id", self.pad_id, f"it must be < vocab_size={self.vocab_size}")
+        if self.family in FEATURE_FAMILIES and self.feature_dim < 1:
+            raise _fail("feature_dim", self.feature_dim, f"family {self.family!r} needs >= 1")
         if self.family in CLASSIFIER_FAMILIES and self.num_classes < 2:
             raise _fail("num_classes", self.num_classes, f"family {self.family!r} needs >= 2")
         if self.family == "seq2seq":
@@ -233,6 +241,9 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         dropout=c.dropout,
         pad_id=c.pad_id,
     ),
+    "probe": lambda c: FeatureClassifier(c.feature_dim, c.num_classes),
+    "probe-mlp": lambda c: FeatureClassifier(c.feature_dim, c.num_classes,
+                                             hidden=c.dims.d_model * 2, dropout=c.dropout),
 }
 
 

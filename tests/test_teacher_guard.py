@@ -1,0 +1,66 @@
+"""The coordinator refuses, or rolls back, a teacher update that collapses it (#15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.config import FedConfig
+from common.models import ModelConfig, build_model
+from common.task import PreparedTask
+from coordinator.teacher import guarded_update
+
+N, D = 200, 8
+
+
+def _task_and_teacher() -> tuple[PreparedTask, torch.nn.Module, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, D, generator=gen)
+    y = (x[:, 0] > 0).long()  # two balanced, learnable classes
+    task = PreparedTask(dataset="t", num_classes=2, vocab_size=0, fingerprint="f",
+                        tokenizer_json="", private_x=x, private_y=y, private_groups=None,
+                        public_x=x, teacher_x=x, teacher_y=y, test_x=x, test_y=y)
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(family="probe", num_classes=2, feature_dim=D))
+    return task, teacher, x
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_aggregate_that_puts_the_public_batch_in_one_class_is_refused():
+    task, teacher, x = _task_and_teacher()
+    before = _state(teacher)
+    one_class = np.tile([0.97, 0.03], (N, 1)).astype(np.float32)
+    outcome = guarded_update(FedConfig(teacher_lr=0.05), task, teacher, x, one_class, 1,
+                             torch.device("cpu"))
+    assert outcome.startswith("refused")
+    assert _same(before, _state(teacher))
+
+
+def test_a_balanced_aggregate_is_applied():
+    task, teacher, x = _task_and_teacher()
+    before = _state(teacher)
+    labels = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    outcome = guarded_update(FedConfig(), task, teacher, x, labels * 0.9 + 0.05, 1,
+                             torch.device("cpu"))
+    assert outcome == "applied"
+    assert not _same(before, _state(teacher))
+
+
+def test_an_update_whose_result_collapses_is_rolled_back():
+    """Pseudo-labels just under the share, trained hard enough to tip every prediction."""
+    task, teacher, x = _task_and_teacher()
+    before = _state(teacher)
+    mostly = np.tile([0.9, 0.1], (N, 1)).astype(np.float32)
+    mostly[: int(N * 0.15)] = [0.1, 0.9]  # 85% class 0 as pseudo-labels: below 0.9
+    cfg = FedConfig(collapse_share=0.9, teacher_targets="soft", teacher_distill_epochs=30,
+                    teacher_distill_lr=0.1, teacher_anchor_epochs=0, temperature=1.0)
+    outcome = guarded_update(cfg, task, teacher, x, mostly, 1, torch.device("cpu"))
+    assert outcome.startswith("rolled back"), outcome
+    assert _same(before, _state(teacher))

@@ -123,6 +123,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines.append("")
         if any(_pre_fix(row) for row in data["rows"]):
             lines += [PRE_FIX_NOTE, ""]
+        lines += reference_lines(data["rows"])
         lines += contribution_table(data["rows"])
     lines += recipes_section(RESULTS)
     lines += READING
@@ -136,6 +137,24 @@ PRE_FIX_NOTE = ("† Run before issue 14's fixes: the Poisson sampling was seede
                 "did not hold and the ε shown is not a valid bound for that run (its "
                 "accuracy stands). Rows without † were rerun with each node's secret "
                 "seeding its sampling and noise.")
+
+
+def reference_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """TF-IDF + logistic regression on the same splits (simulations/reference.py)."""
+    from common.config import FedConfig
+    from simulations.reference import tfidf_reference
+
+    seeds = sorted({r["seed"] for r in rows})
+    if not seeds:
+        return []
+    refs = [tfidf_reference(FedConfig(dataset=rows[0]["dataset"], seed=seed), pooled=True)
+            for seed in seeds]
+    teacher = mean_interval([r["tfidf_lr_teacher_labels"] for r in refs])
+    pooled = mean_interval([r["tfidf_lr_all_labels"] for r in refs])
+    return [f"**TF-IDF + logistic regression** (word 1–2 grams, C = 10) on the same splits, "
+            f"seeds {', '.join(map(str, seeds))}: on the teacher's "
+            f"{refs[0]['teacher_labels']} labels {_fmt(teacher[0])}; on the teacher's and "
+            f"every private label pooled, without DP, {_fmt(pooled[0])}.", ""]
 
 
 def _relative(command: str) -> str:
@@ -307,20 +326,25 @@ def pays_table(files: list[dict[str, Any]]) -> list[str]:
 
 READING = [
     "## How to read the table", "",
+    "- The `default` and `sst2` presets put every model on a frozen pretrained encoder "
+    "(all-MiniLM-L6-v2, features cached): the teacher is a linear probe, the students "
+    "linear probes and one-hidden-layer heads. `scratch` and `sst2-scratch` are version "
+    "1's presets, every model trained from scratch, kept for comparison.",
     "- **federated-distillation**: the preset through Flower's Simulation Engine. *teacher* "
-    "is the coordinator's Transformer before round 1 (pre-trained on its small labeled "
-    "set) and after the last round; *ensemble* is the aggregate of the students' test "
+    "is the coordinator's model before round 1 (trained on its small labeled set) and "
+    "after the last round; *ensemble* is the aggregate of the students' test "
     "predictions; *students* their mean accuracy.",
     "- **centralized**: one student on all private partitions pooled, without DP (an upper "
     "reference no federation of private data may reach). **centralized-dp**: the same with "
-    "DP-SGD from scratch at the clients' ε. **local-only**: each client alone, DP-SGD from "
-    "scratch on its partition (ensemble = mean of their test predictions). **fedavg** / "
+    "DP-SGD at the clients' ε. **local-only**: each client alone, DP-SGD "
+    "on its partition (ensemble = mean of their test predictions). **fedavg** / "
     "**dp-fedavg**: FedAvg of the first student family with non-private / DP-SGD local "
     "steps, counting the float32 weights each way. Their local recipe (one epoch per "
     "round, five rounds, clients split by movie) is short: non-private FedAvg had not left "
     "the majority class after five rounds, so read it as a byte count, not as FedAvg's "
     "best accuracy.",
-    "- Every DP-from-scratch row sits at chance (the majority class: 56.3% fresh in the "
+    "- In the scratch presets every DP-from-scratch row sits at chance (the majority "
+    "class: 56.3% fresh in the "
     "rotten-tomatoes test set, about half on SST-2), as "
     "`../shared/notes/DP-UTILITY.md` measured: DP-SGD from scratch learns nothing useful "
     "here at ε ≤ 8. Federated distillation starts every student from the teacher's "
@@ -354,7 +378,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset; rows of other methods are kept")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only regenerate docs/RESULTS.md from the results files")
     args = parser.parse_args()
+    if args.render_only:
+        return write_doc()
     torch.set_num_threads(1)
     methods = tuple(m.strip() for m in args.methods.split(","))
     rows = []
@@ -373,6 +401,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
         {"commands": commands, "environment": environment(), "rows": rows}, indent=1))
+    write_doc()
+
+
+def write_doc() -> None:
     all_results = {p.stem: data for p in RESULTS.glob("*.json")
                    if "benchmark" not in (data := json.loads(p.read_text())) and "rows" in data}
     DOC.write_text(render(all_results))

@@ -29,6 +29,17 @@ if [[ "${1:-}" == "--prepare" ]]; then
     cp "$src" "$CARRY/data/"
     ls "$CARRY"/wheels/opacus-*.whl >/dev/null 2>&1 || "${PYTHON:-.venv/bin/python}" -m pip \
         download --quiet --no-deps --only-binary=:all: -d "$CARRY/wheels" "$OPACUS"
+    # The encoder benchmark: transformers (and what it adds to this venv), and MiniLM
+    # saved in float16 (45 MB: the float32 checkpoint alone is over the 64 MiB carry).
+    "${PYTHON:-.venv/bin/python}" -m pip download --quiet --no-deps --only-binary=:all: \
+        -d "$CARRY/wheels" "transformers==5.24.0" "safetensors==0.8.0" "regex"
+    "${PYTHON:-.venv/bin/python}" -c "
+import sys, torch
+from transformers import AutoModel, AutoTokenizer
+from common.models.pretrained import resolve_backbone
+src = resolve_backbone('minilm').source
+AutoModel.from_pretrained(src, dtype=torch.float16).save_pretrained(sys.argv[1])
+AutoTokenizer.from_pretrained(src).save_pretrained(sys.argv[1])" "$CARRY/minilm-fp16"
     du -sh "$CARRY"
     exit 0
 fi
@@ -60,3 +71,9 @@ timeout 150 "$PY" benchmarks/gpu_pipeline.py --device "${DEVICE:-cuda}" \
 # shellcheck disable=SC2086
 timeout 470 "$PY" benchmarks/gpu.py --device "${DEVICE:-cuda}" \
     --out "$OUT/dp_cost_gpu.json" ${GPU_ARGS:-} 2>&1 | tee -a "$OUT/gpu.log"
+# DP full fine-tuning of the pretrained encoder with ghost clipping vs non-private.
+if [[ -d "$CARRY/minilm-fp16" ]]; then
+    timeout 240 "$PY" benchmarks/gpu_encoder.py --device "${DEVICE:-cuda}" \
+        --backbone "hf:$PWD/$CARRY/minilm-fp16" --out "$OUT/gpu_encoder.json" 2>&1 \
+        | tee -a "$OUT/gpu.log" || echo "encoder benchmark failed"
+fi

@@ -291,7 +291,7 @@ def _encode_reply(cfg: FedConfig, node: NodeSettings, probs: np.ndarray,
 def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:
     return ModelConfig(family=family, size=cfg.student_size, vocab_size=task.vocab_size,
                        num_classes=task.num_classes, max_len=cfg.max_len,
-                       feature_dim=feature_dim(task))
+                       feature_dim=feature_dim(task), backbone=cfg.backbone)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ from typing import Any
 
 from common.errors import ConfigError
 
-STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp")
-TEACHER_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp")
+STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp", "encoder")
+TEACHER_FAMILIES = STUDENT_FAMILIES
 # heads on a frozen pretrained encoder's cached features (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
+# families built on the backbone: its features, or the encoder itself fine-tuned
+BACKBONE_FAMILIES = (*FEATURE_FAMILIES, "encoder")
 BUILTIN_BACKBONES = ("minilm",)  # fetched as data (common/models/pretrained.py)
 HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
@@ -29,7 +31,7 @@ ENCODINGS = ("float32", "float16", "int8", "topk")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 DP_OPTIMIZERS = ("sgd", "adamw")
-DP_TRAINABLE = ("all", "head", "adapters", "embedding")
+DP_TRAINABLE = ("all", "head", "adapters", "embedding", "bias")
 ACCOUNTANTS = ("rdp", "prv")
 SIZES = ("tiny", "small", "base")
 ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "nan", "shape", "raise")
@@ -95,7 +97,7 @@ class FedConfig:
     dp_epochs: float = 1.0  # passes over the private data per round
     dp_lr: float = 0.1
     dp_optimizer: str = "sgd"  # sgd (with momentum) | adamw
-    dp_trainable: str = "head"  # all | head | adapters | embedding (+ head)
+    dp_trainable: str = "head"  # all | head | adapters | embedding (+ head) | bias (+ head)
     dp_adapter_rank: int = 4  # rank of the LoRA adapters (dp-trainable = "adapters")
     grad_sample_mode: str = "hooks"  # hooks | ghost
     max_physical_batch_size: int = 256  # memory cap (BatchMemoryManager)
@@ -278,11 +280,10 @@ def check_backbone_spec(spec: str) -> None:
 
 def _check_backbone(cfg: FedConfig) -> None:
     check_backbone_spec(cfg.backbone)
-    needs = [f for f in (cfg.teacher_family, *cfg.student_families) if f in FEATURE_FAMILIES]
+    needs = [f for f in (cfg.teacher_family, *cfg.student_families) if f in BACKBONE_FAMILIES]
     if needs and not cfg.backbone:
-        raise ConfigError(f"{', '.join(sorted(set(needs)))} train(s) on a pretrained "
-                          "encoder's features: set backbone (minilm, hf:HUB_NAME or "
-                          "hf:LOCAL_DIR).")
+        raise ConfigError(f"{', '.join(sorted(set(needs)))} build(s) on a pretrained "
+                          "encoder: set backbone (minilm, hf:HUB_NAME or hf:LOCAL_DIR).")
 
 
 def _check_secagg(cfg: FedConfig) -> None:

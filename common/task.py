@@ -126,8 +126,28 @@ def prepare_features(dataset: str, seed: int, backbone: str,
     return private, public, teacher, test
 
 
+@functools.lru_cache(maxsize=2)
+def prepare_backbone_ids(dataset: str, seed: int, backbone: str,
+                         max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every role as token ids of the backbone's own tokenizer, padded to ``max_len``."""
+    from transformers import AutoTokenizer
+
+    from common.models.pretrained import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(backbone).source)
+    roles = load_dataset(dataset, seed=seed)
+
+    def ids(texts: tuple[str, ...]) -> Tensor:
+        return tokenizer(list(texts), padding="max_length", truncation=True,
+                         max_length=max_len, return_tensors="pt")["input_ids"]
+
+    return (ids(roles.private.texts), ids(roles.public.texts), ids(roles.teacher.texts),
+            ids(roles.test.texts))
+
+
 def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
-    """The task as a ``family`` model reads it: features for the probes, else token ids.
+    """The task as a ``family`` model reads it: features for the probes, the backbone's
+    token ids for the encoder, else the project tokenizer's token ids.
 
     With a backbone the fingerprint both sides check covers its weights too, so a node
     with another checkpoint refuses the round like one with another tokenizer.
@@ -138,10 +158,14 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
 
     joined = f"{task.fingerprint}:{resolve_backbone(cfg.backbone).fingerprint}"
     task = dataclasses.replace(task, fingerprint=hashlib.sha256(joined.encode()).hexdigest())
-    if family not in FEATURE_FAMILIES:
+    if family == "encoder":
+        private, public, teacher, test = prepare_backbone_ids(cfg.dataset, cfg.seed,
+                                                              cfg.backbone, cfg.max_len)
+    elif family in FEATURE_FAMILIES:
+        private, public, teacher, test = prepare_features(cfg.dataset, cfg.seed, cfg.backbone,
+                                                          cfg.max_len)
+    else:
         return task
-    private, public, teacher, test = prepare_features(cfg.dataset, cfg.seed, cfg.backbone,
-                                                      cfg.max_len)
     return dataclasses.replace(task, private_x=private, public_x=public, teacher_x=teacher,
                                test_x=test)
 

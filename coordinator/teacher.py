@@ -20,7 +20,8 @@ from common.training import distill, predict_logits, train_supervised
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
     return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
                        vocab_size=task.vocab_size, num_classes=task.num_classes,
-                       max_len=cfg.max_len, feature_dim=feature_dim(task))
+                       max_len=cfg.max_len, feature_dim=feature_dim(task),
+                       backbone=cfg.backbone)
 
 
 def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,

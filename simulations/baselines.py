@@ -70,7 +70,8 @@ def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -
 def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module:
     return build_model(ModelConfig(family=family, size=cfg.student_size,
                                    vocab_size=task.vocab_size, num_classes=task.num_classes,
-                                   max_len=cfg.max_len, feature_dim=feature_dim(task)))
+                                   max_len=cfg.max_len, feature_dim=feature_dim(task),
+                                   backbone=cfg.backbone))
 
 
 def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,

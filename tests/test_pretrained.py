@@ -185,3 +185,60 @@ def test_a_federation_of_probes_runs_on_a_local_backbone(tiny_bert, tmp_path):
     assert set(last["students"].values()) == {"probe", "probe-mlp"}
     assert 0 < last["epsilon_max"] <= cfg.epsilon
     assert last["teacher_update"] == "applied"
+
+
+def _encoder_batch(tiny_bert: Path, n: int = 6) -> tuple[torch.nn.Module, torch.Tensor,
+                                                         torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    from common.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig(family="encoder", num_classes=2,
+                                    backbone=f"hf:{tiny_bert}", dropout=0.0))
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bert))
+    ids = tokenizer(TEXTS[:n], padding="max_length", truncation=True, max_length=12,
+                    return_tensors="pt")["input_ids"]
+    return model, ids, torch.tensor([i % 2 for i in range(n)])
+
+
+def test_the_encoders_per_example_gradients_under_opacus_match_one_by_one(tiny_bert):
+    """The opacus#841 trap: with explicit per-example positions the hooks are exact."""
+    from opacus import GradSampleModule
+
+    model, ids, y = _encoder_batch(tiny_bert)
+    for module in model.modules():  # the same function per example and batched; Opacus
+        if isinstance(module, torch.nn.Dropout):  # hooks only record in train mode
+            module.p = 0.0
+    reference = []
+    for i in range(len(ids)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids[i:i + 1]), y[i:i + 1]).backward()
+        reference.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.requires_grad})
+    gsm = GradSampleModule(model)
+    gsm.zero_grad()
+    torch.nn.functional.cross_entropy(gsm(ids), y).backward()  # Opacus assumes a mean
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            expected = torch.stack([r[name] for r in reference])
+            assert torch.allclose(p.grad_sample, expected, atol=1e-5), name
+
+
+@pytest.mark.parametrize("mode, trainable", [("hooks", "bias"), ("ghost", "all")])
+def test_the_encoder_fine_tunes_under_dp(tiny_bert, mode, trainable):
+    from common.privacy.secrets import fresh_seeds
+    from common.training import dp_train
+
+    model, ids, y = _encoder_batch(tiny_bert)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ran = dp_train(model, ids, y, noise_multiplier=1.0, max_grad_norm=1.0,
+                   expected_batch_size=3, steps=2, lr=0.5, trainable=trainable,
+                   grad_sample_mode=mode, device=torch.device("cpu"), seeds=fresh_seeds())
+    assert ran.steps == 2
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "head.weight" in changed
+    assert not any("position_embeddings" in n for n in changed)
+    if trainable == "bias":
+        assert changed and all(n.endswith(".bias") or n.startswith("head.") for n in changed)
+    else:
+        assert any("attention" in n and n.endswith(".weight") for n in changed)

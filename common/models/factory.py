@@ -17,20 +17,25 @@ from torch import nn
 from common.errors import ConfigError
 from common.models.blocks import NORMS
 from common.models.cnn import CNNTextClassifier
+from common.models.encoder import EncoderClassifier
 from common.models.forecaster import TimeSeriesForecaster
 from common.models.heads import FeatureClassifier
 from common.models.positional import POSITIONAL_KINDS
+from common.models.pretrained import resolve_backbone
 from common.models.rnn import LSTMClassifier, LSTMLanguageModel
 from common.models.seq2seq import Seq2SeqTransformer
 from common.models.transformer import GPT, POOLINGS, TransformerClassifier
 from common.models.vision import VisionTransformer
 
 FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "vit", "lstm", "lstm-lm", "cnn",
-            "probe", "probe-mlp")
+            "probe", "probe-mlp", "encoder")
 TEXT_FAMILIES = ("transformer", "gpt", "seq2seq", "lstm", "lstm-lm", "cnn")
 # heads on the features of a frozen pretrained encoder (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
-CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn", *FEATURE_FAMILIES)
+# the pretrained encoder itself, fine-tuned (common/models/encoder.py)
+PRETRAINED_FAMILIES = ("encoder",)
+CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn", *FEATURE_FAMILIES,
+                       *PRETRAINED_FAMILIES)
 # families whose per-sample gradient norms under Opacus ghost clipping were checked
 # against a per-example reference (tests/test_models_privacy.py)
 GHOST_FAMILIES = FAMILIES
@@ -81,6 +86,7 @@ class ModelConfig:
     horizon: int = 1  # forecaster: steps to predict
     n_out: int | None = None  # forecaster: predicted variables (None = n_vars)
     feature_dim: int = 0  # probe, probe-mlp: width of the encoder's features (required)
+    backbone: str = ""  # encoder: the pretrained checkpoint's spec (minilm, hf:...)
     image_size: int = 28  # vit: square images of image_size x image_size
     channels: int = 1  # vit: image channels
     patch_size: int = 4  # vit: square patch side; must divide image_size
@@ -136,6 +142,8 @@ class ModelConfig:
                 raise _fail("vocab_size", self.vocab_size, f"family {self.family!r} needs >= 2")
             if self.pad_id >= self.vocab_size:
                 raise _fail("pad_id", self.pad_id, f"it must be < vocab_size={self.vocab_size}")
+        if self.family in PRETRAINED_FAMILIES and not self.backbone:
+            raise _fail("backbone", self.backbone, f"family {self.family!r} needs a checkpoint")
         if self.family in FEATURE_FAMILIES and self.feature_dim < 1:
             raise _fail("feature_dim", self.feature_dim, f"family {self.family!r} needs >= 1")
         if self.family in CLASSIFIER_FAMILIES and self.num_classes < 2:
@@ -242,6 +250,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         pad_id=c.pad_id,
     ),
     "probe": lambda c: FeatureClassifier(c.feature_dim, c.num_classes),
+    "encoder": lambda c: EncoderClassifier(resolve_backbone(c.backbone).source, c.num_classes),
     "probe-mlp": lambda c: FeatureClassifier(c.feature_dim, c.num_classes,
                                              hidden=c.dims.d_model * 2, dropout=c.dropout),
 }

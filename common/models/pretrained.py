@@ -157,7 +157,8 @@ class FrozenEncoder:
         self.backbone = backbone
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(backbone.source)
-        self.model = AutoModel.from_pretrained(backbone.source).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(backbone.source, dtype=torch.float32)
+        self.model = self.model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 

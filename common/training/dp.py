@@ -178,9 +178,12 @@ def set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> No
             raise ConfigError(f"dp-adapter-rank={adapter_rank} must be >= 1.")
         add_adapters(model, adapter_rank)
         return
+    if trainable == "bias":
+        _train_biases_and_head(model)
+        return
     if trainable not in ("head", "embedding"):
         raise ConfigError(
-            f"dp-trainable={trainable!r} is not one of all, head, adapters, embedding."
+            f"dp-trainable={trainable!r} is not one of all, head, adapters, embedding, bias."
         )
     parts = ["head"] if trainable == "head" else ["tok_emb", "head"]
     modules = [getattr(model, name, None) for name in parts]
@@ -193,6 +196,16 @@ def set_trainable(model: nn.Module, trainable: str, adapter_rank: int = 4) -> No
     for module in modules:
         for p in module.parameters():
             p.requires_grad_(True)
+
+
+def _train_biases_and_head(model: nn.Module) -> None:
+    """BitFit (Ben Zaken et al. 2022; under DP, Bu et al. 2024): every bias and the head."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise ConfigError(f"dp-trainable='bias' needs a model with a `head`; "
+                          f"{type(model).__name__} lacks one.")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith(".bias") or name.startswith("head."))
 
 
 def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -151,7 +151,8 @@ CASE_IDS = [c.label for c in CASES]
 
 
 def test_every_family_has_a_case() -> None:
-    assert {c.config["family"] for c in CASES} == set(FAMILIES)
+    # the encoder's per-example gradients: tests/test_pretrained.py, on a tiny checkpoint
+    assert {c.config["family"] for c in CASES} == set(FAMILIES) - {"encoder"}
 
 
 # ---------------------------------------------------------------- reference

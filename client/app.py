@@ -12,6 +12,7 @@ the ledger's head, a bucketed example count, and reason codes instead of error t
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -59,7 +60,14 @@ from common.protocol import (
     released_count,
     unpack_secure_instructions,
 )
-from common.task import PreparedTask, client_partitions, feature_dim, prepare_task, task_for
+from common.task import (
+    PreparedTask,
+    client_partitions,
+    encode_texts,
+    feature_dim,
+    prepare_task,
+    task_for,
+)
 from common.training import distill, dp_train, predict_logits, train_supervised
 
 log = logging.getLogger(__name__)
@@ -268,10 +276,11 @@ def _private_data(cfg: FedConfig, node: NodeSettings,
                   task: PreparedTask) -> tuple[torch.Tensor, torch.Tensor]:
     """A deployed node's own files, else the simulated partition of this client."""
     if node.data_dir is not None:  # client/private_data.py
-        features = (feature_dim(task) > 0 and cfg.backbone) or ""
+        # features of private texts are cached in the node's own folder, never shared
+        encode = functools.partial(encode_texts, cfg, cfg.student_for(node.partition_id),
+                                   feature_dir=node.state_dir / "cache")
         return load_private_dir(node.data_dir, task, dataset=cfg.dataset, seed=cfg.seed,
-                                max_len=cfg.max_len, backbone=features,
-                                cache_dir=node.state_dir / "cache")
+                                max_len=cfg.max_len, encode=encode)
     part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
                              node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
     return task.private_x[part], task.private_y[part]

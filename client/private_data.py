@@ -12,6 +12,7 @@ file holds only one class.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,13 +34,13 @@ def _class_names(dataset: str, seed: int) -> tuple[str, ...]:
 
 
 def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed: int,
-                     max_len: int, backbone: str = "",
-                     cache_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     max_len: int, encode: Callable[[list[str]], torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, labels (N,)) of the node's own labelled files.
 
-    The inputs are token ids (N, max_len), or with ``backbone`` the frozen encoder's
-    features (N, dim), computed here and cached in ``cache_dir``, the node's own folder:
-    features of private texts never go to a shared cache.
+    The inputs are what ``encode`` makes of the texts (common/task.py ``encode_texts``:
+    a pretrained encoder's features, cached in the node's own folder, or its token ids),
+    by default the federation tokenizer's token ids (N, max_len).
     """
     names = _class_names(dataset, seed)
     split = load_text_classification_dir(directory, class_names=names or None)
@@ -50,10 +51,7 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     if int(y.max()) >= task.num_classes or int(y.min()) < 0:
         raise DataError(f"data-dir {directory}: label ids {sorted(set(y.tolist()))} do not fit "
                         f"the {task.num_classes} classes of dataset={dataset!r} {names}.")
-    if backbone:
-        from common.models.pretrained import encode_cached
-
-        return torch.from_numpy(encode_cached(backbone, list(split.texts), max_len=max_len,
-                                              feature_dir=cache_dir)), y
+    if encode is not None:
+        return encode(list(split.texts)), y
     x = encode_batch(_tokenizer(task.tokenizer_json), list(split.texts), max_len)
     return x, y

@@ -13,10 +13,13 @@ import dataclasses
 import functools
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from common.config import FEATURE_FAMILIES, FedConfig
@@ -130,19 +133,36 @@ def prepare_features(dataset: str, seed: int, backbone: str,
 def prepare_backbone_ids(dataset: str, seed: int, backbone: str,
                          max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Every role as token ids of the backbone's own tokenizer, padded to ``max_len``."""
+    roles = load_dataset(dataset, seed=seed)
+    return tuple(backbone_ids(backbone, role.texts, max_len)  # type: ignore[return-value]
+                 for role in (roles.private, roles.public, roles.teacher, roles.test))
+
+
+def backbone_ids(backbone: str, texts: Sequence[str], max_len: int) -> Tensor:
     from transformers import AutoTokenizer
 
     from common.models.pretrained import resolve_backbone
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(backbone).source)
-    roles = load_dataset(dataset, seed=seed)
+    return tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len,
+                     return_tensors="pt")["input_ids"]
 
-    def ids(texts: tuple[str, ...]) -> Tensor:
-        return tokenizer(list(texts), padding="max_length", truncation=True,
-                         max_length=max_len, return_tensors="pt")["input_ids"]
 
-    return (ids(roles.private.texts), ids(roles.public.texts), ids(roles.teacher.texts),
-            ids(roles.test.texts))
+def encode_texts(cfg: FedConfig, family: str, texts: Sequence[str], *,
+                 feature_dir: Path | None = None) -> Tensor:
+    """Any texts (a deployed node's own files) as a ``family`` model reads them.
+
+    Features go to ``feature_dir`` when given (a node's own folder), else the data cache.
+    """
+    if cfg.backbone and family in FEATURE_FAMILIES:
+        from common.models.pretrained import encode_cached
+
+        return torch.from_numpy(encode_cached(cfg.backbone, list(texts), max_len=cfg.max_len,
+                                              feature_dir=feature_dir))
+    if cfg.backbone and family == "encoder":
+        return backbone_ids(cfg.backbone, texts, cfg.max_len)
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    return encode_batch(Tokenizer.from_str(task.tokenizer_json), list(texts), cfg.max_len)
 
 
 def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:

@@ -297,6 +297,12 @@ def _learnable(family: str, gen: torch.Generator, n: int):
         series = torch.sin(0.6 * steps + phase).repeat(1, 1, 3)  # (n, T + 2, 3)
         series = series + 0.05 * torch.randn(series.shape, generator=gen)
         return (series[:, :T],), series[:, T:, :2]
+    if family in ("probe", "probe-mlp"):
+        # features whose first C coordinates point at the class
+        y = torch.randint(0, C, (n,), generator=gen)
+        x = 0.3 * torch.randn(n, 12, generator=gen)
+        x[torch.arange(n), y] += 1.0
+        return (nn.functional.normalize(x, dim=-1),), y
     # vit: the bright half of the image (left / right / top) is the class
     y = torch.randint(0, C, (n,), generator=gen)
     images = 0.3 * torch.randn(n, 1, 8, 8, generator=gen)

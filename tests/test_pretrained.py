@@ -129,16 +129,22 @@ def test_bad_backbone_settings_fail_before_anything_runs(values, match):
 
 
 def test_a_deployed_node_caches_its_private_features_in_its_own_folder(tiny_bert, tmp_path):
+    import functools
+
     from client.private_data import load_private_dir
-    from common.task import prepare_task
+    from common.task import encode_texts, prepare_task
 
     data = tmp_path / "node-data"
     data.mkdir()
     (data / "train.csv").write_text("text,label\n" + "".join(
         f'"{t}",{i % 2}\n' for i, t in enumerate(TEXTS)))
     task = prepare_task("rotten-tomatoes", 0, 2000, 16)
+    cfg = FedConfig(backbone=f"hf:{tiny_bert}", max_len=16, vocab_size=2000)
     x, y = load_private_dir(data, task, dataset="rotten-tomatoes", seed=0, max_len=16,
-                            backbone=f"hf:{tiny_bert}", cache_dir=tmp_path / "node" / "cache")
+                            encode=functools.partial(encode_texts, cfg, "probe",
+                                                     feature_dir=tmp_path / "node" / "cache"))
+    ids = encode_texts(cfg, "encoder", TEXTS)
+    assert ids.dtype == torch.long and ids.shape == (len(TEXTS), 16)
     assert x.shape == (len(TEXTS), 32) and x.dtype == torch.float32
     assert len(y) == len(TEXTS)
     assert len(list((tmp_path / "node" / "cache").glob("*.npy"))) == 1

@@ -7,7 +7,8 @@ Position and token-type ids are passed explicitly, one row per example, and ever
 embedding table is frozen: Opacus' embedding grad sampler mis-sizes per-sample gradients
 for ids that broadcast as [1, seq] (opacus#841) and ignores ``padding_idx``; the
 private-transformers reproductions of DP fine-tuning froze them too; and the word table
-is half of MiniLM's parameters, so freezing it halves the dimension the noise spreads over. The checkpoint's own dropout stays as configured there.
+is half of MiniLM's parameters, so freezing it halves the dimension the noise spreads
+over. The checkpoint's own dropout stays as configured there.
 """
 
 from __future__ import annotations

@@ -126,6 +126,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += reference_lines(data["rows"])
         lines += contribution_table(data["rows"])
         lines += targets_table(preset, data["rows"])
+        lines += tuning_table(RESULTS / f"tuning-{preset}.json")
     lines += stability_section(RESULTS / "stability.json")
     lines += recipes_section(RESULTS)
     lines += READING
@@ -212,6 +213,24 @@ def _versus_dp_fedavg(rows: list[dict[str, Any]]) -> list[str]:
 def _met(ok: bool, margin: float) -> str:
     return "yes" if ok else f"**no** (gap {100 * margin:+.1f} points)" if margin < 0 else \
         "**no**"
+
+
+def tuning_table(path: Path) -> list[str]:
+    """benchmarks/tune.py's single-seed variants of the preset (what was tried)."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    lines = [f"**What was tried** (single runs of `python benchmarks/tune.py --preset "
+             f"{data['preset']} --set ...`: the real apps in one process, seed as shown; "
+             "differences under about 1.5 points are noise):", "",
+             "| overrides | seed | teacher (initial → final) | ensemble | students |",
+             "|---|---|---|---|---|"]
+    for row in data["rows"]:
+        sets = ", ".join(f"`{s}`" for s in row["sets"]) or "none (the preset)"
+        lines.append(f"| {sets} | {row['seed']} | {_fmt(row['teacher'][0])} → "
+                     f"{_fmt(row['teacher'][-1])} | {_fmt(row['ensemble'])} | "
+                     f"{_fmt(row['students'])} |")
+    return lines + [""]
 
 
 def stability_section(path: Path) -> list[str]:

@@ -240,3 +240,24 @@ def test_budget_check_rejects_bad_budget() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plain check emits no warning
         check_budget([], DpEvent(1.0, 0.01, 1), delta=DELTA, budget=1, accountant="rdp")
+
+
+@pytest.mark.parametrize("n, batch", [(3346, 32), (669, 128), (100, 128), (6692, 7)])
+def test_the_planned_sample_rate_is_the_one_opacus_accounts(n: int, batch: int) -> None:
+    """For some n Opacus accounts q = 1 / int(1 / (1 / batches)), one batch short (3346
+    examples in batches of 32: 1/104, not 1/105); a plan that records otherwise makes
+    every round of such a node fail its ran-as-planned check."""
+    import torch
+
+    from common.models import ModelConfig, build_model
+    from common.privacy.planner import sample_rate_and_steps
+    from common.privacy.secrets import fresh_seeds
+    from common.training import dp_train
+
+    model = build_model(ModelConfig(family="probe", num_classes=2, feature_dim=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ran = dp_train(model, torch.randn(n, 4), torch.randint(0, 2, (n,)),
+                       noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch,
+                       steps=1, lr=0.1, device=torch.device("cpu"), seeds=fresh_seeds())
+    assert sample_rate_and_steps(n, batch, 1.0)[0] == ran.sample_rate

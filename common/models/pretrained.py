@@ -35,6 +35,7 @@ import torch
 
 from common.config import HF_PREFIX, check_backbone_spec
 from common.data.builtin import default_cache_dir
+from common.device import resolve_device
 from common.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class FrozenEncoder:
 
 
 def encode_cached(spec: str, texts: list[str], *, max_len: int,
-                  feature_dir: str | Path | None = None, device: str = "cpu") -> np.ndarray:
+                  feature_dir: str | Path | None = None, device: str = "auto") -> np.ndarray:
     """Features of ``texts`` under the frozen backbone, from the cache when present.
 
     The cache holds the sorted distinct texts, so every split of the same dataset (any
@@ -220,7 +221,7 @@ def _encode_all(backbone: Backbone, texts: list[str], *, max_len: int,
                 device: str) -> np.ndarray:
     log.info("Encoding %s texts with %s once (cached for later runs)", len(texts),
              backbone.spec)
-    encoder = FrozenEncoder(backbone, device)
+    encoder = FrozenEncoder(backbone, resolve_device(device))
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)  # a one-time job: use every core
     try:

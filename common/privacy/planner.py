@@ -46,7 +46,10 @@ def sample_rate_and_steps(num_examples: int, expected_batch_size: int,
     if num_examples <= 0:
         raise ConfigError(f"Cannot train with DP on {num_examples} examples.")
     batches = math.ceil(num_examples / min(expected_batch_size, num_examples))
-    return 1.0 / batches, max(1, math.ceil(epochs * batches))
+    # Opacus' accountant takes q = 1 / len(its Poisson loader) = 1 / int(1 / (1 / batches)),
+    # which float rounding makes one batch short for some sizes (1 / (1 / 105) is
+    # 104.99...). Record the q it accounts: the larger one, so ε is never understated.
+    return 1.0 / int(1.0 / (1.0 / batches)), max(1, math.ceil(epochs * batches))
 
 
 def plan_noise(

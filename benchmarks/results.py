@@ -41,11 +41,11 @@ METHODS = (*VARIANTS, *BASELINES)
 
 
 def run_preset(preset: str, seed: int, sets: list[str], runs_dir: Path,
-               methods: tuple[str, ...] = METHODS) -> list[dict[str, Any]]:
+               methods: tuple[str, ...] = METHODS, name: str = "") -> list[dict[str, Any]]:
     """Federated distillation and the baselines for one preset and seed."""
     rows = []
     for method in methods:
-        out = runs_dir / f"{preset}-s{seed}-{method}"
+        out = runs_dir / f"{name or preset}-s{seed}-{method}"
         shutil.rmtree(out, ignore_errors=True)
         extra = VARIANTS.get(method, [])
         cfg = resolve_config(preset, None, [*sets, *extra, f"seed={seed}"], out)
@@ -494,6 +494,9 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset; rows of other methods are kept")
+    parser.add_argument("--name", default="",
+                        help="the results' name (default: the preset's), e.g. for a preset "
+                             "run on a dataset folder a user brings")
     parser.add_argument("--render-only", action="store_true",
                         help="only regenerate docs/RESULTS.md from the results files")
     args = parser.parse_args()
@@ -503,14 +506,16 @@ def main() -> None:
     methods = tuple(m.strip() for m in args.methods.split(","))
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods)
-    path = RESULTS / f"{args.preset}.json"
+        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods,
+                           args.name)
+    path = RESULTS / f"{args.name or args.preset}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
     fresh = {_row_key(r) for r in rows}
     rows = [r for r in old if _row_key(r) not in fresh] + rows
     rows.sort(key=lambda r: (-r["privacy"]["budget"], METHODS.index(r["method"]), r["seed"]))
     command = (f"python benchmarks/results.py --preset {args.preset} --seeds {args.seeds} "
-               f"--methods {','.join(methods)}" + "".join(f" --set {s}" for s in args.sets))
+               f"--methods {','.join(methods)}" + "".join(f" --set {s}" for s in args.sets)
+               + (f" --name {args.name}" if args.name else ""))
     previous = json.loads(path.read_text()) if path.exists() else {}
     commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
     commands = [c for c in commands if c != command] + [command]
@@ -522,7 +527,8 @@ def main() -> None:
 
 def write_doc() -> None:
     all_results = {p.stem: data for p in RESULTS.glob("*.json")
-                   if "benchmark" not in (data := json.loads(p.read_text())) and "rows" in data}
+                   if "benchmark" not in (data := json.loads(p.read_text()))
+                   and "rows" in data and "environment" in data}
     DOC.write_text(render(all_results))
     print(f"wrote {DOC}")
 

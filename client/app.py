@@ -64,7 +64,7 @@ from common.task import (
     PreparedTask,
     client_partitions,
     encode_texts,
-    feature_dim,
+    model_config,
     prepare_task,
     task_for,
 )
@@ -298,9 +298,7 @@ def _encode_reply(cfg: FedConfig, node: NodeSettings, probs: np.ndarray,
 
 
 def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:
-    return ModelConfig(family=family, size=cfg.student_size, vocab_size=task.vocab_size,
-                       num_classes=task.num_classes, max_len=cfg.max_len,
-                       feature_dim=feature_dim(task), backbone=cfg.backbone)
+    return model_config(cfg, task, family, cfg.student_size)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from common.data import (
     train_tokenizer,
 )
 from common.errors import DataError
+from common.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,13 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
         return task
     return dataclasses.replace(task, private_x=private, public_x=public, teacher_x=teacher,
                                test_x=test)
+
+
+def model_config(cfg: FedConfig, task: PreparedTask, family: str, size: str) -> ModelConfig:
+    """The ModelConfig of a ``family`` model on ``task`` (as :func:`task_for` shaped it)."""
+    return ModelConfig(family=family, size=size, vocab_size=task.vocab_size,
+                       num_classes=task.num_classes, max_len=cfg.max_len,
+                       feature_dim=feature_dim(task), backbone=cfg.backbone)
 
 
 def feature_dim(task: PreparedTask) -> int:

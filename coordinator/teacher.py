@@ -16,15 +16,12 @@ import torch
 
 from common.config import FedConfig
 from common.models import ModelConfig
-from common.task import PreparedTask, feature_dim
+from common.task import PreparedTask, model_config
 from common.training import distill, predict_logits, train_supervised
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
-    return ModelConfig(family=cfg.teacher_family, size=cfg.teacher_size,
-                       vocab_size=task.vocab_size, num_classes=task.num_classes,
-                       max_len=cfg.max_len, feature_dim=feature_dim(task),
-                       backbone=cfg.backbone)
+    return model_config(cfg, task, cfg.teacher_family, cfg.teacher_size)
 
 
 def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,

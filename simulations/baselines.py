@@ -30,11 +30,11 @@ from rich.console import Console
 from common.config import FedConfig
 from common.device import resolve_device
 from common.errors import ConfigError
-from common.models import ModelConfig, build_model
+from common.models import build_model
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.planner import NoisePlan, plan_noise
 from common.privacy.secrets import fresh_seeds
-from common.task import PreparedTask, client_partitions, feature_dim, prepare_task, task_for
+from common.task import PreparedTask, client_partitions, model_config, prepare_task, task_for
 from common.training import dp_train, predict_logits, train_supervised
 
 BASELINES = ("centralized", "centralized-dp", "local-only", "fedavg", "dp-fedavg")
@@ -68,10 +68,7 @@ def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -
 
 # ----------------------------------------------------------------------------- helpers
 def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module:
-    return build_model(ModelConfig(family=family, size=cfg.student_size,
-                                   vocab_size=task.vocab_size, num_classes=task.num_classes,
-                                   max_len=cfg.max_len, feature_dim=feature_dim(task),
-                                   backbone=cfg.backbone))
+    return build_model(model_config(cfg, task, family, cfg.student_size))
 
 
 def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,

@@ -17,7 +17,7 @@ import torch
 from common.config import FedConfig
 from common.models import ModelConfig
 from common.task import PreparedTask, model_config
-from common.training import distill, predict_logits, train_supervised
+from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
@@ -64,8 +64,7 @@ def _held_out_accuracy(teacher: torch.nn.Module, task: PreparedTask,
                        device: torch.device) -> float | None:
     if task.valid_x is None or task.valid_y is None:
         return None
-    predicted = predict_logits(teacher, task.valid_x, device=device).argmax(1)
-    return float((predicted == task.valid_y).float().mean())
+    return evaluate_accuracy(teacher, task.valid_x, task.valid_y, device=device)
 
 
 def hold_out(cfg: FedConfig, task: PreparedTask) -> PreparedTask:

@@ -18,6 +18,7 @@ from common.models import (
     ModelConfig,
     PatchEmbedding,
     Seq2SeqTransformer,
+    TransformerSettings,
     build_model,
     sample_next_token,
     top_k_filter,
@@ -277,7 +278,8 @@ def _exhaustive_best(model, src, steps: int, alpha: float) -> torch.Tensor:
 def test_wide_beam_finds_the_exhaustive_best_for_each_length_penalty() -> None:
     # seed 8: the length penalty changes the best target, and greedy misses it
     torch.manual_seed(8)
-    model = Seq2SeqTransformer(5, 8, d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)
+    model = Seq2SeqTransformer(
+        5, 8, TransformerSettings(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0))
     model = model.double().eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(5.0)  # sharpen: a clear best, no near-ties

@@ -17,6 +17,7 @@ from common.models.blocks import (
     DecoderBlock,
     FeedForward,
     TransformerBlock,
+    TransformerSettings,
     TransformerStack,
     init_weights,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "TEXT_FAMILIES",
     "TimeSeriesForecaster",
     "TransformerBlock",
+    "TransformerSettings",
     "TransformerClassifier",
     "TransformerStack",
     "VisionTransformer",

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,6 +20,20 @@ from common.errors import ModelError
 from common.models.attention import KVCache, MultiHeadAttention
 
 NORMS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    """The shape of a Transformer, shared by every family built on one (nanoGPT's
+    ``GPTConfig``): the factory fills it from a size preset, tests build it directly."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 128
+    dropout: float = 0.1
+    norm: str = "pre"  # see the module docstring
+    positional: str = "sinusoidal"  # common/models/positional.py
 
 
 def init_weights(module: nn.Module) -> None:
@@ -64,14 +79,12 @@ class _Residual(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention then feed-forward (an encoder block, or a GPT block when causal)."""
 
-    def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm: str = "pre"
-    ) -> None:
+    def __init__(self, s: TransformerSettings) -> None:
         super().__init__()
-        self.attn = MultiHeadAttention(d_model, n_heads, dropout)
-        self.attn_res = _Residual(d_model, dropout, norm)
-        self.ff = FeedForward(d_model, d_ff)
-        self.ff_res = _Residual(d_model, dropout, norm)
+        self.attn = MultiHeadAttention(s.d_model, s.n_heads, s.dropout)
+        self.attn_res = _Residual(s.d_model, s.dropout, s.norm)
+        self.ff = FeedForward(s.d_model, s.d_ff)
+        self.ff_res = _Residual(s.d_model, s.dropout, s.norm)
 
     def forward(
         self,
@@ -90,16 +103,14 @@ class TransformerBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Causal self-attention, cross-attention to the encoder memory, feed-forward."""
 
-    def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, dropout: float, norm: str = "pre"
-    ) -> None:
+    def __init__(self, s: TransformerSettings) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
-        self.self_res = _Residual(d_model, dropout, norm)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
-        self.cross_res = _Residual(d_model, dropout, norm)
-        self.ff = FeedForward(d_model, d_ff)
-        self.ff_res = _Residual(d_model, dropout, norm)
+        self.self_attn = MultiHeadAttention(s.d_model, s.n_heads, s.dropout)
+        self.self_res = _Residual(s.d_model, s.dropout, s.norm)
+        self.cross_attn = MultiHeadAttention(s.d_model, s.n_heads, s.dropout)
+        self.cross_res = _Residual(s.d_model, s.dropout, s.norm)
+        self.ff = FeedForward(s.d_model, s.d_ff)
+        self.ff_res = _Residual(s.d_model, s.dropout, s.norm)
 
     def forward(
         self,
@@ -114,25 +125,20 @@ class DecoderBlock(nn.Module):
         return self.ff_res(x, self.ff)
 
 
+def final_norm(s: TransformerSettings) -> nn.Module:
+    """The LayerNorm a pre-norm stack ends with (post-norm blocks already end in one)."""
+    return nn.LayerNorm(s.d_model) if s.norm == "pre" else nn.Identity()
+
+
 class TransformerStack(nn.Module):
     """``n_layers`` TransformerBlocks and, for pre-norm, the final LayerNorm."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_layers: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float,
-        norm: str = "pre",
-    ) -> None:
+    def __init__(self, s: TransformerSettings) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, dropout, norm) for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(TransformerBlock(s) for _ in range(s.n_layers))
         # post-norm blocks already end in a LayerNorm; pre-norm leaves the residual
         # stream un-normalised, so it needs one more before any head
-        self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.final_norm = final_norm(s)
 
     def forward(
         self,

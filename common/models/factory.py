@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from common.errors import ConfigError
-from common.models.blocks import NORMS
+from common.models.blocks import NORMS, TransformerSettings
 from common.models.cnn import CNNTextClassifier
 from common.models.encoder import EncoderClassifier
 from common.models.forecaster import TimeSeriesForecaster
@@ -184,17 +184,12 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-def _transformer_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+def transformer_settings(cfg: ModelConfig) -> TransformerSettings:
+    """The Transformer shape ``cfg`` asks for: its size preset, overrides and choices."""
     d = cfg.dims
-    return dict(
-        d_model=d.d_model,
-        n_layers=d.n_layers,
-        n_heads=d.n_heads,
-        d_ff=d.d_ff,
-        dropout=cfg.dropout,
-        norm=cfg.norm,
-        positional=cfg.positional,
-    )
+    return TransformerSettings(d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
+                               d_ff=d.d_ff, dropout=cfg.dropout, norm=cfg.norm,
+                               positional=cfg.positional)
 
 
 def _lstm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
@@ -206,36 +201,21 @@ def _lstm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
 
 _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "transformer": lambda c: TransformerClassifier(
-        c.vocab_size,
-        c.num_classes,
-        c.max_len,
-        pooling=c.pooling,
-        pad_id=c.pad_id,
-        **_transformer_kwargs(c),
+        c.vocab_size, c.num_classes, c.max_len, transformer_settings(c),
+        pooling=c.pooling, pad_id=c.pad_id,
     ),
-    "gpt": lambda c: GPT(c.vocab_size, c.max_len, **_transformer_kwargs(c)),
+    "gpt": lambda c: GPT(c.vocab_size, c.max_len, transformer_settings(c)),
     "seq2seq": lambda c: Seq2SeqTransformer(
-        c.vocab_size,
-        c.max_len,
-        pad_id=c.pad_id,
-        bos_id=c.bos_id,
-        eos_id=c.eos_id,
-        **_transformer_kwargs(c),
+        c.vocab_size, c.max_len, transformer_settings(c),
+        pad_id=c.pad_id, bos_id=c.bos_id, eos_id=c.eos_id,
     ),
     "forecaster": lambda c: TimeSeriesForecaster(
-        c.n_vars,
-        c.horizon,
-        c.n_out if c.n_out is not None else c.n_vars,
-        c.max_len,
-        **_transformer_kwargs(c),
+        c.n_vars, c.horizon, c.n_out if c.n_out is not None else c.n_vars, c.max_len,
+        transformer_settings(c),
     ),
     "vit": lambda c: VisionTransformer(
-        c.image_size,
-        c.channels,
-        c.patch_size,
-        c.num_classes,
+        c.image_size, c.channels, c.patch_size, c.num_classes, transformer_settings(c),
         pooling=c.pooling,
-        **_transformer_kwargs(c),
     ),
     "lstm": lambda c: LSTMClassifier(
         c.vocab_size, c.num_classes, pad_id=c.pad_id, **_lstm_kwargs(c)

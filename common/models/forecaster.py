@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models.blocks import TransformerStack, init_weights
+from common.models.blocks import TransformerSettings, TransformerStack, init_weights
 from common.models.positional import make_positional
 
 
@@ -25,21 +25,16 @@ class TimeSeriesForecaster(nn.Module):
         horizon: int,
         n_out: int,
         max_len: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        norm: str = "pre",
-        positional: str = "sinusoidal",
+        settings: TransformerSettings | None = None,
     ) -> None:
         super().__init__()
+        s = settings or TransformerSettings()
         self.horizon, self.n_out = horizon, n_out
-        self.input_proj = nn.Linear(n_vars, d_model)
-        self.pos = make_positional(positional, d_model, max_len)
-        self.drop = nn.Dropout(dropout)
-        self.encoder = TransformerStack(d_model, n_layers, n_heads, d_ff, dropout, norm)
-        self.head = nn.Linear(d_model, horizon * n_out)
+        self.input_proj = nn.Linear(n_vars, s.d_model)
+        self.pos = make_positional(s.positional, s.d_model, max_len)
+        self.drop = nn.Dropout(s.dropout)
+        self.encoder = TransformerStack(s)
+        self.head = nn.Linear(s.d_model, horizon * n_out)
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.models.blocks import DecoderBlock, TransformerStack, init_weights
+from common.models.blocks import (
+    DecoderBlock,
+    TransformerSettings,
+    TransformerStack,
+    final_norm,
+    init_weights,
+)
 from common.models.positional import make_positional
 
 
@@ -24,31 +30,24 @@ class Seq2SeqTransformer(nn.Module):
         self,
         vocab_size: int,
         max_len: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        norm: str = "pre",
-        positional: str = "sinusoidal",
+        settings: TransformerSettings | None = None,
         pad_id: int = 0,
         bos_id: int = 1,
         eos_id: int = 2,
     ) -> None:
         super().__init__()
+        s = settings or TransformerSettings()
         self.max_len = max_len
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.src_emb = nn.Embedding(vocab_size, d_model)
-        self.src_pos = make_positional(positional, d_model, max_len)
-        self.tgt_emb = nn.Embedding(vocab_size, d_model)
-        self.tgt_pos = make_positional(positional, d_model, max_len)
-        self.drop = nn.Dropout(dropout)
-        self.encoder = TransformerStack(d_model, n_layers, n_heads, d_ff, dropout, norm)
-        self.decoder = nn.ModuleList(
-            DecoderBlock(d_model, n_heads, d_ff, dropout, norm) for _ in range(n_layers)
-        )
-        self.decoder_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.src_emb = nn.Embedding(vocab_size, s.d_model)
+        self.src_pos = make_positional(s.positional, s.d_model, max_len)
+        self.tgt_emb = nn.Embedding(vocab_size, s.d_model)
+        self.tgt_pos = make_positional(s.positional, s.d_model, max_len)
+        self.drop = nn.Dropout(s.dropout)
+        self.encoder = TransformerStack(s)
+        self.decoder = nn.ModuleList(DecoderBlock(s) for _ in range(s.n_layers))
+        self.decoder_norm = final_norm(s)
+        self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         self.apply(init_weights)
 
     def encode(self, src_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

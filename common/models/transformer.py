@@ -8,11 +8,13 @@ batch handling simple). Padding never changes the outputs of real tokens.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from common.models.attention import KVCache
-from common.models.blocks import TransformerStack, init_weights
+from common.models.blocks import TransformerSettings, TransformerStack, init_weights
 from common.models.positional import make_positional
 from common.models.sampling import sample_next_token
 
@@ -43,27 +45,22 @@ class TransformerClassifier(nn.Module):
         vocab_size: int,
         num_classes: int,
         max_len: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        norm: str = "pre",
+        settings: TransformerSettings | None = None,
         pooling: str = "mean",
-        positional: str = "sinusoidal",
         pad_id: int = 0,
     ) -> None:
         super().__init__()
+        s = settings or TransformerSettings()
         self.pad_id = pad_id
         self.pooling = pooling
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.cls_emb = nn.Embedding(1, d_model) if pooling == "cls" else None
+        self.tok_emb = nn.Embedding(vocab_size, s.d_model)
+        self.cls_emb = nn.Embedding(1, s.d_model) if pooling == "cls" else None
         # the [CLS] slot takes position 0, so it needs one more position
         n_positions = max_len + (1 if pooling == "cls" else 0)
-        self.pos = make_positional(positional, d_model, n_positions)
-        self.drop = nn.Dropout(dropout)
-        self.encoder = TransformerStack(d_model, n_layers, n_heads, d_ff, dropout, norm)
-        self.head = nn.Linear(d_model, num_classes)
+        self.pos = make_positional(s.positional, s.d_model, n_positions)
+        self.drop = nn.Dropout(s.dropout)
+        self.encoder = TransformerStack(s)
+        self.head = nn.Linear(s.d_model, num_classes)
         self.apply(init_weights)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -97,22 +94,17 @@ class GPT(nn.Module):
         self,
         vocab_size: int,
         max_len: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        norm: str = "pre",
-        positional: str = "learned",
+        settings: TransformerSettings | None = None,
     ) -> None:
         super().__init__()
+        s = settings or TransformerSettings(positional="learned")
         self.max_len = max_len
-        self.n_layers = n_layers
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos = make_positional(positional, d_model, max_len)
-        self.drop = nn.Dropout(dropout)
-        self.stack = TransformerStack(d_model, n_layers, n_heads, d_ff, dropout, norm)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.n_layers = s.n_layers
+        self.tok_emb = nn.Embedding(vocab_size, s.d_model)
+        self.pos = make_positional(s.positional, s.d_model, max_len)
+        self.drop = nn.Dropout(s.dropout)
+        self.stack = TransformerStack(s)
+        self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         self.apply(init_weights)
 
     def forward(self, input_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
@@ -139,10 +131,29 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Extend ``input_ids`` (B, T) by ``max_new_tokens``; see :meth:`generate`.
+        """Autoregressively extend ``input_ids`` (B, T) (equal-length prompts).
 
-        Returns the ids (B, T + max_new_tokens) and the logits each new token was
-        chosen from (B, max_new_tokens, vocab_size).
+        Returns the ids (B, T + n) and the logits each new token was chosen from
+        (B, n, vocab_size), n <= ``max_new_tokens``.
+
+        Parameters
+        ----------
+        max_new_tokens
+            How many tokens to add.
+        greedy
+            Arg-max decoding; the sampling knobs are ignored (default: False).
+        temperature, top_k, top_p
+            Sampling controls, see :func:`sample_next_token` (default: 1.0, None, None).
+        use_cache
+            Reuse each layer's keys/values instead of recomputing the prefix
+            (default: True).
+        eos_id
+            Stop once every row has produced it; finished rows are padded with it
+            (default: None = always generate ``max_new_tokens``).
+        generator
+            Random generator for reproducible sampling (default: None).
+
+        Call ``model.eval()`` first, or dropout stays active while generating.
         """
         ids = input_ids
         # the KV cache needs a position for every token fed in; when the run would
@@ -174,50 +185,7 @@ class GPT(nn.Module):
                 break
         return ids, torch.stack(step_logits, dim=1)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        *,
-        greedy: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        eos_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Autoregressively extend ``input_ids`` (B, T) (equal-length prompts).
-
-        Parameters
-        ----------
-        max_new_tokens
-            How many tokens to add.
-        greedy
-            Arg-max decoding; the sampling knobs are ignored (default: False).
-        temperature, top_k, top_p
-            Sampling controls, see :func:`sample_next_token` (default: 1.0, None, None).
-        use_cache
-            Reuse each layer's keys/values instead of recomputing the prefix
-            (default: True).
-        eos_id
-            Stop once every row has produced it; finished rows are padded with it
-            (default: None = always generate ``max_new_tokens``).
-        generator
-            Random generator for reproducible sampling (default: None).
-
-        Call ``model.eval()`` first, or dropout stays active while generating.
-        """
-        ids, _ = self.generate_with_logits(
-            input_ids,
-            max_new_tokens,
-            greedy=greedy,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            use_cache=use_cache,
-            eos_id=eos_id,
-            generator=generator,
-        )
-        return ids
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **options: Any
+                 ) -> torch.Tensor:
+        """Only the ids of :meth:`generate_with_logits` (same options)."""
+        return self.generate_with_logits(input_ids, max_new_tokens, **options)[0]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from common.errors import ModelError
-from common.models.blocks import TransformerStack, init_weights
+from common.models.blocks import TransformerSettings, TransformerStack, init_weights
 from common.models.positional import make_positional
 
 
@@ -48,28 +48,23 @@ class VisionTransformer(nn.Module):
         channels: int,
         patch_size: int,
         num_classes: int,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        norm: str = "pre",
+        settings: TransformerSettings | None = None,
         pooling: str = "cls",
-        positional: str = "learned",
     ) -> None:
         super().__init__()
+        s = settings or TransformerSettings(positional="learned")
         if image_size % patch_size:
             raise ModelError(
                 f"image_size={image_size} is not a multiple of patch_size={patch_size}."
             )
         n_patches = (image_size // patch_size) ** 2
-        self.patches = PatchEmbedding(channels, patch_size, d_model)
+        self.patches = PatchEmbedding(channels, patch_size, s.d_model)
         # [CLS] as nn.Embedding(1, d), not a bare nn.Parameter (see TransformerClassifier)
-        self.cls_emb = nn.Embedding(1, d_model) if pooling == "cls" else None
-        self.pos = make_positional(positional, d_model, n_patches + (pooling == "cls"))
-        self.drop = nn.Dropout(dropout)
-        self.encoder = TransformerStack(d_model, n_layers, n_heads, d_ff, dropout, norm)
-        self.head = nn.Linear(d_model, num_classes)
+        self.cls_emb = nn.Embedding(1, s.d_model) if pooling == "cls" else None
+        self.pos = make_positional(s.positional, s.d_model, n_patches + (pooling == "cls"))
+        self.drop = nn.Dropout(s.dropout)
+        self.encoder = TransformerStack(s)
+        self.head = nn.Linear(s.d_model, num_classes)
         self.apply(init_weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

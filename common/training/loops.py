@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from common.distill.losses import kd_loss
+from common.metrics import accuracy
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[Tensor]:
@@ -101,4 +102,4 @@ def evaluate_accuracy(
     if len(x) == 0:
         return float("nan")
     logits = predict_logits(model, x, device=device, batch_size=batch_size)
-    return float((logits.argmax(dim=1) == y.cpu()).float().mean())
+    return accuracy(y.cpu().numpy(), logits.numpy())

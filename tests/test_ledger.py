@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +112,41 @@ def test_fsync_after_each_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         # The file was synced when it already held the whole new line.
         assert synced_sizes[-1] == path.stat().st_size
     assert len(synced_sizes) == 3
+
+
+_FULL_DISK_APPEND = """
+import resource, signal, sys
+from common.errors import LedgerError
+from common.privacy.accounting import DpEvent
+from common.privacy.ledger import PrivacyLedger
+ledger = PrivacyLedger(sys.argv[1])
+# a real failing write(2): beyond RLIMIT_FSIZE the kernel answers EFBIG, as a full disk
+# answers ENOSPC, part way through the new line (SIGXFSZ ignored so the write returns)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    ledger.append(run_id="run-a", round=9, client_id="c1", event=DpEvent(1.0, 0.01, 100),
+                  accountant="rdp", delta=1e-5)
+except LedgerError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_full_disk_mid_append_leaves_the_ledger_whole(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    before = _fill(path).records()
+    size = path.stat().st_size
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK_APPEND, str(path), str(size + 40)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("refused:") and "unchanged" in run.stdout
+    assert PrivacyLedger(path).records() == before  # nothing torn, nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.jsonl", "ledger.jsonl.lock"]
+    # with room again, the same round is appended once
+    PrivacyLedger(path).append(run_id="run-a", round=9, client_id="c1", event=EVENTS[0],
+                               accountant="rdp", delta=DELTA)
+    assert len(PrivacyLedger(path).records()) == len(before) + 1
 
 
 # ------------------------------------------------------------------- double rounds

@@ -26,10 +26,12 @@ File format (one canonical JSON object per line: sorted keys, no spaces, UTF-8):
 - A chain alone cannot reveal that the *last* records were cut off; that needs the head
   hash kept elsewhere (for example by the coordinator or the auditor).
 
-Crash safety: each append is one ``write`` of a whole line, then ``flush`` and
-``os.fsync``. A crash mid-write leaves a torn last line; it is reported with
-:class:`LedgerError`, never dropped or repaired silently, because a torn record may be
-the evidence of a round whose ε was spent.
+Crash safety: an append writes the whole ledger plus the new line to a temporary file
+beside it, ``fsync``-s it and renames it over the ledger (then ``fsync``-s the folder), so
+a crash or a full disk leaves either the old ledger or the new one, never half a record.
+A torn last line can still come from elsewhere (a copy cut short, an older version); it is
+reported with :class:`LedgerError`, never dropped or repaired silently, because a torn
+record may be the evidence of a round whose ε was spent.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import opacus
 
@@ -323,19 +325,19 @@ class PrivacyLedger:
         """Durably append the event of ``round`` of ``run_id`` and return its record.
 
         ``epsilon_after`` is recomputed over every recorded event plus this one. The
-        line is written with one ``write``, flushed and ``fsync``-ed before returning.
+        new ledger is durable (written, ``fsync``-ed, renamed) before this returns.
 
         Raises
         ------
         LedgerError
-            If the ledger is torn, corrupt or tampered with, or if this round of this
-            run is already recorded (check :meth:`has_round` first to be idempotent).
+            If the ledger is torn, corrupt or tampered with, if this round of this
+            run is already recorded (check :meth:`has_round` first to be idempotent), or
+            if the new ledger could not be written (a full disk): then nothing changed.
         """
         _check_append_args(run_id, round, client_id, event)
-        created = not self.path.exists()
-        with self._locked_for_append() as handle:
-            handle.seek(0)
-            existing = self._parse(handle.read())
+        with self._locked():
+            data = self.path.read_bytes() if self.path.exists() else b""
+            existing = self._parse(data)
             if any(r.run_id == run_id and r.round == round for r in existing):
                 raise LedgerError(
                     f"{self.path}: round {round} of run {run_id!r} is already recorded; "
@@ -354,11 +356,7 @@ class PrivacyLedger:
                 existing, run_id, round, client_id, event, accountant, delta, eps
             )
             line = _canonical_json(record.to_dict()) + "\n"
-            handle.write(line.encode("ascii"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            _fsync_directory(self.path.parent)
+            self._replace(data + line.encode("ascii"))
         log.debug("ledger %s: appended round %s of run %s (ε=%.4g)", self.path, round, run_id, eps)
         return record
 
@@ -396,16 +394,33 @@ class PrivacyLedger:
         return LedgerRecord.from_dict(fields, where="new record")
 
     @contextmanager
-    def _locked_for_append(self) -> Iterator[IO[bytes]]:
+    def _locked(self) -> Iterator[None]:
+        """One appender at a time; the lock lives in its own file because the ledger's
+        inode changes with every rename."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as handle:
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as handle:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
-                yield handle
+                yield
             finally:
                 if fcntl is not None:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _replace(self, content: bytes) -> None:
+        """Write ``content`` beside the ledger, make it durable, rename it over the ledger."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise LedgerError(f"{self.path}: the new record could not be written ({exc}); "
+                              "the ledger is unchanged and no ε was spent") from exc
+        _fsync_directory(self.path.parent)
 
     def _parse(self, data: bytes) -> list[LedgerRecord]:
         """Parse the whole file and verify its hash chain."""
@@ -504,7 +519,7 @@ def _check_append_args(run_id: str, round: int, client_id: str, event: DpEvent) 
 
 
 def _fsync_directory(directory: Path) -> None:
-    """Make a newly created ledger file's directory entry durable too (POSIX)."""
+    """Make the renamed ledger's directory entry durable too (POSIX)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. Windows cannot open directories

@@ -12,7 +12,9 @@ the node's DP randomness (common/privacy/secrets.py); it never leaves the direct
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -28,6 +30,8 @@ from common.crypto.keys import (
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.planner import NoisePlan
 from common.privacy.secrets import NODE_SECRET_FILE, load_or_create_secret
+
+log = logging.getLogger(__name__)
 
 
 class ClientState:
@@ -46,11 +50,24 @@ class ClientState:
 
     # ---------------------------------------------------------------- student
     def load_student(self, model: nn.Module) -> bool:
-        """Load the saved weights into ``model``; False when there are none yet."""
+        """Load the saved weights into ``model``; False when there are none yet.
+
+        A file that does not load (torn, foreign, another family's) is moved aside and
+        the student starts again from its public initialisation: a bad file must not
+        stop the node for good, and the ledger, not the student, holds the ε spent.
+        """
         path = self.dir / "student.pt"
         if not path.exists():
             return False
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # torch.load raises many types for a bad file
+            aside = path.with_name(f"student.pt.unreadable-{time.time_ns()}")
+            os.replace(path, aside)
+            log.error("%s does not load (%s: %s); kept as %s, the student starts again "
+                      "from its initial weights (the ledger and its ε are unchanged)",
+                      path, type(exc).__name__, str(exc)[:200], aside.name)
+            return False
         return True
 
     def save_student(self, model: nn.Module) -> None:
@@ -91,5 +108,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with tmp.open("wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -6,6 +6,7 @@ round, each followed by a line in ``metrics.jsonl`` and a checkpoint, then the s
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -228,6 +229,7 @@ def _run_round(
         "bytes_down": len(sampled) * (payload_nbytes(knowledge) + indices.nbytes),
         "bytes_up": outcome.bytes_up,
         "secure_aggregation": cfg.secure_aggregation,
+        "aggregate_sha256": _digest(outcome.aggregate),
         "seconds": time.monotonic() - start,
     })
     log(INFO, "Round %s: teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
@@ -235,6 +237,14 @@ def _run_round(
         record.get("student_accuracy_mean"), record["epsilon_max"], len(clients), len(sampled),
         record["seconds"])
     return record
+
+
+def _digest(aggregate: np.ndarray | None) -> str | None:
+    """A fingerprint of the round's aggregate: two runs that agree on it to the bit
+    received the same soft labels (reruns with the same seed and node secrets do)."""
+    if aggregate is None:
+        return None
+    return hashlib.sha256(np.ascontiguousarray(aggregate, dtype=np.float32).tobytes()).hexdigest()
 
 
 def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list[int],
@@ -347,8 +357,7 @@ def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcom
     per_client = {c.client_id: c.test_accuracy for c in outcome.clients
                   if c.test_accuracy is not None}
     if outcome.test_aggregate is not None:
-        y = task.test_y.numpy()
-        record["ensemble_accuracy"] = float((outcome.test_aggregate.argmax(1) == y).mean())
+        record["ensemble_accuracy"] = accuracy(task.test_y.numpy(), outcome.test_aggregate)
     record["student_accuracy"] = per_client
     record["student_accuracy_mean"] = (float(np.mean(list(per_client.values())))
                                        if per_client else None)

@@ -350,7 +350,7 @@ def equal_accuracy_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     """
     lines: list[str] = []
     for preset, data in sorted(results.items()):
-        rows = data.get("rows") if "benchmark" not in data else None
+        rows = data.get("rows") if "benchmark" not in data and "environment" in data else None
         if not rows:
             continue
         for fd in (r for r in rows if r["method"] == "federated-distillation"):

@@ -1,37 +1,21 @@
 """Smoke tests of the benchmark tooling: the byte arithmetic and the page renderer.
 
-Benchmarks are not tests: nothing here runs a benchmark or asserts anything about time.
-The modules are loaded by path because Opacus installs a top-level ``benchmarks`` package
-of its own into site-packages.
-"""
+Benchmarks are not tests: nothing here runs a benchmark or asserts anything about time."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from bench import communication, dp_cost, privacy_utility, render, scale
 from common.distill.codec import encode_knowledge, payload_nbytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-communication = _load("communication")
-render = _load("render")
 
 WEIGHTS = 451_202 * 4  # the tiny transformer student in float32
 
@@ -69,10 +53,9 @@ def _dp_rows() -> list[dict]:
 def test_render_tiny_results(tmp_path: Path) -> None:
     env = {"cpu_count": 2, "torch_threads": 1, "torch": "x", "opacus": "y", "flwr": "z",
            "device": "cpu", "python": "3"}
-    dp_module = _load("dp_cost")
     dp = {"benchmark": "dp_cost", "command": "c", "environment": env, "wall_seconds": 1,
           "settings": {"families": ["transformer"], "quick": False}, "rows": _dp_rows()}
-    dp["target"] = dp_module.evaluate_target(dp["rows"], dp_module.torch.device("cpu"))
+    dp["target"] = dp_cost.evaluate_target(dp["rows"], dp_cost.torch.device("cpu"))
     comm_rows = communication.communication_table(rows=20, num_classes=2, topk=2,
                                                   weight_bytes=WEIGHTS)
     comm = {"benchmark": "communication", "command": "c", "environment": env, "rows": comm_rows,
@@ -83,7 +66,7 @@ def test_render_tiny_results(tmp_path: Path) -> None:
     results.mkdir()
     (results / "dp_cost.json").write_text(json.dumps(dp))
     (results / "communication.json").write_text(json.dumps(comm))
-    (results / "default.json").write_text(json.dumps({"rows": []}))  # benchmarks/results.py
+    (results / "default.json").write_text(json.dumps({"rows": []}))  # bench/results.py
     doc = tmp_path / "docs" / "BENCHMARKS.md"
     render.main(["--results", str(results), "--doc", str(doc)])
     text = doc.read_text()
@@ -96,7 +79,6 @@ def test_render_tiny_results(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ privacy-utility
-privacy_utility = _load("privacy_utility")
 
 
 def _fd_row(method: str, budget: float, student: float, teacher: float, *, dp: bool = True,
@@ -202,7 +184,6 @@ def test_privacy_utility_borrows_results_py_baselines() -> None:
 
 
 # --------------------------------------------------------------------------- scale
-scale = _load("scale")
 
 
 def test_scale_sampler_sums_the_process_tree() -> None:
@@ -295,7 +276,7 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
             _scale_row(100, 2000, 160.0, 2100.0), _scale_row(1000, 100, 400.0, 2100.0, 1)]
     env = {"cpu_count": 2, "memory_total_mb": 24_000, "torch": "x", "opacus": "y",
            "flwr": "z", "python": "3", "niceness": 10}
-    data = {"benchmark": "scale", "command": "python benchmarks/scale.py", "environment": env,
+    data = {"benchmark": "scale", "command": "python -m bench.scale", "environment": env,
             "settings": {"base_public_batch": 100, "batch_clients": 100, "quick": False},
             "rows": rows, "growth": scale.growth(rows, 100, 100),
             "target": scale.evaluate_target(rows, 24_000.0), "wall_seconds": 600}
@@ -316,19 +297,16 @@ def test_dp_cost_trainer_with_the_head_trainable_steps_only_the_head() -> None:
     """--trainable head: every mode trains the same parameters (the clients' DP step)."""
     import torch
 
-    dp_module = _load("dp_cost")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randint(3, 6000, (32, 40), generator=gen), torch.randint(0, 2, (32,))
     for mode in ("non-private", "hooks", "ghost"):
-        trainer = dp_module.build_trainer("transformer", mode, 8, x, y, torch.device("cpu"),
+        trainer = dp_cost.build_trainer("transformer", mode, 8, x, y, torch.device("cpu"),
                                           trainable="head")
         assert trainer.params == 130  # the head of the tiny student (64 x 2 + 2)
         trainer.step(x[:8], y[:8])
 
 
 def test_uplink_at_equal_accuracy_is_a_bound_from_the_real_runs() -> None:
-    render = _load("render")
-
     def row(method: str, acc: float, up: int, budget: float = 8.0) -> dict:
         return {"method": method, "seed": 0, "privacy": {"budget": budget},
                 "final": {"student_accuracy_mean": acc}, "communication": {"bytes_up": up}}

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)  # nothing here is timed; the machine is shared
-    from bench.dp_cost import DEFAULT_STUDENT, environment, print_environment
+    from bench.dp_cost import DEFAULT_STUDENT
+    from common.environment import environment, print_environment
     from common.models import ModelConfig, build_model, count_parameters
 
     env = environment(torch.device("cpu"))

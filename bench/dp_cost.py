@@ -35,7 +35,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import DP_TRAINABLE
+from common.environment import environment, print_environment
 from common.models import ModelConfig, build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,40 +67,6 @@ TARGET = {"throughput_ratio_min": 0.6, "memory_ratio_max": 1.4}
 # Same optimizer and DP settings as the run config's defaults (dp-lr, max-grad-norm).
 LR, MOMENTUM, MAX_GRAD_NORM, NOISE_MULTIPLIER = 0.05, 0.9, 1.0, 1.0
 POOL_ROWS = 2048  # token-id rows kept from the private set (batches are drawn from them)
-
-
-# --------------------------------------------------------------------------- environment
-def environment(device: torch.device) -> dict[str, Any]:
-    """What the numbers depend on; printed and stored with every result file."""
-    import opacus
-
-    try:
-        import flwr
-
-        flwr_version = flwr.__version__
-    except ImportError:  # the GPU machine runs benchmarks without Flower
-        flwr_version = "not installed"
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "opacus": opacus.__version__,
-        "flwr": flwr_version,
-        "device": str(device),
-        # neighbours' load at the start: wide ratio ranges on a busy machine are expected
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def print_environment(env: dict[str, Any]) -> None:
-    """One line, so a log shows what produced the numbers under it."""
-    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
 
 # --------------------------------------------------------------------------- data

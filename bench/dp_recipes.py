@@ -32,6 +32,7 @@ import torch
 
 from common.config import FedConfig
 from common.distill.losses import soften
+from common.metrics import accuracy
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import calibrate_noise_multiplier
 from common.privacy.secrets import fresh_seeds
@@ -156,8 +157,8 @@ def _scores(models: list[torch.nn.Module], task: Any) -> dict[str, float]:
     y = task.test_y.numpy()
     probs = [torch.softmax(predict_logits(m, task.test_x, device=CPU), 1).numpy()
              for m in models]
-    return {"students": float(np.mean([(p.argmax(1) == y).mean() for p in probs])),
-            "ensemble": float((np.mean(probs, axis=0).argmax(1) == y).mean())}
+    return {"students": float(np.mean([accuracy(y, p) for p in probs])),
+            "ensemble": accuracy(y, np.mean(probs, axis=0))}
 
 
 def run(seed: int, epsilon: float, quick: bool, recipes: tuple[Recipe, ...],

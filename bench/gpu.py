@@ -42,12 +42,11 @@ from bench.dp_cost import (
     NOISE_MULTIPLIER,
     RESULTS,
     TABLE_HEADER,
-    environment,
     evaluate_target,
-    print_environment,
     run_dp_cost,
     student_config,
 )
+from common.environment import environment, print_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 

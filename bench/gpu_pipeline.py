@@ -22,6 +22,7 @@ import torch
 from common.config import FedConfig
 from common.device import resolve_device
 from common.distill.losses import soften
+from common.metrics import accuracy
 from common.models import ModelConfig, build_model
 from common.privacy.secrets import fresh_seeds
 from common.task import client_partitions, prepare_task
@@ -87,7 +88,7 @@ def main() -> None:
             results[key] = {
                 "steps": result.steps, "finite": bool(torch.isfinite(probs).all()),
                 "rows_sum_to_1": bool(torch.allclose(probs.sum(1), torch.ones(len(probs)))),
-                "test_accuracy": float((probs.argmax(1) == task.test_y).float().mean()),
+                "test_accuracy": accuracy(task.test_y.numpy(), probs.cpu().numpy()),
             }
     report = {"device": str(device), "torch": torch.__version__,
               "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,

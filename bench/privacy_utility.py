@@ -18,7 +18,7 @@ Methods and where their numbers come from:
   in this process tree (one worker process per cell, in parallel) with the preset's
   ``FedConfig`` and ``epsilon=E``; at ε=∞ the non-private counterpart: ``fedavg``,
   ``centralized``, and local-only with DP off (``run_baseline`` has no such name, so the
-  baselines' own ``_local_only`` loop is called with ``dp=False``).
+  baselines' own ``local_only`` loop is called with ``dp=False``).
 
 "The" accuracy of a method is the test accuracy of the model a participant ends up with,
 i.e. ``final.student_accuracy_mean`` of every summary: for FD the mean over the clients'
@@ -40,12 +40,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common.environment import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -385,7 +386,8 @@ def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
 def _results_env(data: dict[str, Any]) -> str:
     env = data.get("environment") or {}
     return (f"torch {env.get('torch')}, opacus {env.get('opacus')}, flwr {env.get('flwr')}, "
-            f"{env.get('cpus')} torch thread(s), device `{env.get('device')}`")
+            f"{env.get('torch_threads', env.get('cpus'))} torch thread(s), "
+            f"device `{env.get('device')}`")
 
 
 def _env_line(env: dict[str, Any]) -> str:
@@ -504,7 +506,7 @@ def _quiet_console() -> Any:
 
 
 def _local_only_nonprivate(cfg: Any, baselines: Any) -> dict[str, Any]:
-    """Local-only without DP: the baselines' own loop with ``dp=False`` (no public name)."""
+    """Local-only without DP: the baselines' own loop with ``dp=False``."""
     import torch
 
     from common.task import client_partitions, prepare_task
@@ -514,28 +516,9 @@ def _local_only_nonprivate(cfg: Any, baselines: Any) -> dict[str, Any]:
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
     parts = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
                               cfg.num_clients, cfg.partition, cfg.alpha)
-    result = baselines._local_only(cfg, task, parts, dp=False)
+    result = baselines.local_only(cfg, task, parts, dp=False)
     result["epsilon"] = {k: INF for k in result["epsilon"]}  # no DP step was taken
-    return baselines._summary("local-only", cfg, result, time.monotonic() - start)
-
-
-def environment(device: str) -> dict[str, Any]:
-    from importlib import metadata
-
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "torch_threads": 1, "torch": torch.__version__,
-           "opacus": version("opacus"), "flwr": version("flwr"), "device": device}
-    if device.startswith(("cuda", "mixed")) and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
+    return baselines.baseline_summary("local-only", cfg, result, time.monotonic() - start)
 
 
 def plan(presets: list[str], epsilons: list[float], methods: list[str], seed: int,
@@ -663,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.collect:  # no training: the grid's settings, FD and results.py cells, targets
         data = old or {
             "benchmark": "privacy-utility", "command": command.strip(),
-            "environment": environment("none (no baseline run)"),
+            "environment": environment("none (no baseline run)", torch_threads=1),
             "settings": {"presets": presets, "epsilons": _json_eps(epsilons),
                          "methods": list(BASELINES), "seed": args.seed, "sets": args.sets,
                          "quick": args.quick, "workers": 0, "device": None,
@@ -683,7 +666,7 @@ def main(argv: list[str] | None = None) -> None:
     if device == "mixed":
         cuda_workers = min(args.cuda_workers, workers) if torch.cuda.is_available() else 0
         device = f"mixed: {cuda_workers} cuda + {workers - cuda_workers} cpu workers"
-    env = environment(device)
+    env = environment(device, torch_threads=1)
     print("environment:", json.dumps(env), flush=True)
     cells = plan(presets, epsilons, methods, args.seed, args.sets, device)
     fresh = {_cell_key(c) for c in cells}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.environment import environment
 from simulations.baselines import BASELINES, run_baseline
 from simulations.cli import resolve_config
 from simulations.report import finalize_summary
@@ -68,15 +68,6 @@ def private_step(cfg: Any, method: str) -> str:
         return "no DP, all layers"
     return (f"DP {cfg.dp_trainable}, B {cfg.dp_batch_size}, {cfg.dp_optimizer} "
             f"lr {cfg.dp_lr:g}")
-
-
-def environment() -> dict[str, Any]:
-    import flwr
-    import opacus
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "opacus": opacus.__version__, "flwr": flwr.__version__,
-            "cpus": torch.get_num_threads(), "device": "cpu"}
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -523,7 +514,7 @@ def main() -> None:
     commands = [c for c in commands if c != command] + [command]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
-        {"commands": commands, "environment": environment(), "rows": rows}, indent=1))
+        {"commands": commands, "environment": environment("cpu"), "rows": rows}, indent=1))
     write_doc()
 
 

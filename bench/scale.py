@@ -949,7 +949,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from bench.dp_cost import environment, print_environment
+    from common.environment import environment, print_environment
 
     # Ray starts its workers (the ClientApps) at niceness +15 over the driver; on a shared
     # machine that hands the clients' CPU to any neighbour. Run them at this script's own

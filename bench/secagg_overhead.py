@@ -24,19 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
 from common.config import FedConfig
 from common.distill.codec import encode_knowledge, payload_nbytes
+from common.environment import environment
 from common.protocol import (
     FITINS_PARAMETERS,
     KNOWLEDGE,
@@ -70,10 +73,17 @@ def client_replies(num_clients: int, rows: int, seed: int = 0) -> list[tuple[np.
             for _ in range(num_clients)]
 
 
+def _secaggplus_when_asked(msg: Message, context: Context,
+                           call_next: ClientAppCallable) -> Message:
+    """Flower's SecAgg+ client protocol for the messages of a secure round only: the
+    clients' own wiring, so that both arms reach the same ClientApp function."""
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
 def _client_app(replies: list[tuple[np.ndarray, int]]) -> ClientApp:
     """A ClientApp answering with its fixed reply, plain or as a FitRes for SecAgg+."""
-    from client.app import _secaggplus_when_asked  # the real mod wiring of the clients
-
     app = ClientApp(mods=[_secaggplus_when_asked])
 
     @app.train()
@@ -149,14 +159,6 @@ def measure(num_clients: int, rows: int, repeats: int, num_shares: float = 1.0) 
     }
 
 
-def environment() -> dict[str, Any]:
-    import flwr
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "flwr": flwr.__version__, "cpus": __import__("os").cpu_count(), "device": "cpu"}
-
-
 def section(data: dict[str, Any] | None) -> list[str]:
     """The docs/BENCHMARKS.md section (called by bench/render.py)."""
     if not data:
@@ -164,7 +166,8 @@ def section(data: dict[str, Any] | None) -> list[str]:
     env = data["environment"]
     lines = [f"Source: `bench/results/secagg_overhead.json`, command `{data['command']}` "
              f"({data['wall_seconds']:.0f} s).  ",
-             f"Environment: {env['cpus']} CPUs, torch {env['torch']}, flwr {env['flwr']}.", "",
+             f"Environment: {env.get('cpu_count', env.get('cpus'))} CPUs, torch "
+             f"{env['torch']}, flwr {env['flwr']}.", "",
              "One round's aggregation protocol in one process (no training, no network): "
              "plain = messages, reply validation and weighted mean; secure = Flower's "
              "SecAgg+ workflow and client mod (4 stages). Best of "
@@ -210,7 +213,7 @@ def main() -> None:
                         help="comma-separated secagg-num-shares values (1.0 = all clients)")
     parser.add_argument("--out", default=str(RESULTS / "secagg_overhead.json"))
     args = parser.parse_args()
-    env = environment()
+    env = environment("cpu")
     print(env, flush=True)
     start = time.perf_counter()
     rows = []

@@ -316,10 +316,10 @@ def privacy_utility_section(results: dict[str, dict[str, Any]], plot_dir: Path |
 # --------------------------------------------------------------------------- scale
 def scale_section(results: dict[str, dict[str, Any]], plot_dir: Path | None,
                   plot_prefix: str = "") -> list[str]:
-    """Benchmark 4, rendered by ``bench/scale.py``'s ``section`` from ``scale.json``."""
-    from bench import scale
+    """Benchmark 4, rendered by ``bench/scale_page.py``'s ``section`` from ``scale.json``."""
+    from bench import scale_page
 
-    return scale.section(results.get("scale"), plot_dir, plot_prefix)
+    return scale_page.section(results.get("scale"), plot_dir, plot_prefix)
 
 
 # ---------------------------------------------------------------- secure aggregation

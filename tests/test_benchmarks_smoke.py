@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import communication, dp_cost, privacy_utility, render, scale
+from bench import communication, dp_cost, privacy_utility, render, scale, scale_page, scale_rows
 from common.distill.codec import encode_knowledge, payload_nbytes
+from simulations.proctree import TreeSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,7 +197,7 @@ def test_scale_sampler_sums_the_process_tree() -> None:
     code = "import time; b = b\"x\" * (64 * 2**20); time.sleep(3)"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        sampler = scale.TreeSampler(interval=0.1)
+        sampler = TreeSampler(interval=0.1)
         with sampler:
             deadline = time.monotonic() + 10
             while sampler.peak_rss < 60 * 2**20 and time.monotonic() < deadline:
@@ -212,7 +213,7 @@ def test_scale_sampler_sums_the_process_tree() -> None:
     finally:
         child.kill()
         child.wait()
-    own = scale.TreeSampler(include_root=True)
+    own = TreeSampler(include_root=True)
     rss, pss, n = own.sample()
     assert n >= 1 and rss > 0 and os.getpid() in own.members()
 
@@ -236,7 +237,7 @@ def _scale_row(clients: int, batch: int, seconds: float, pss: float, rounds: int
               "by_kind": {"ray::ClientAppActor": {"peak_rss_mb": 900.0, "peak_pss_mb": 700.0,
                                                   "cpu_s": 50.0}},
               "load_average_1m": {"mean": 2.0, "max": 3.0}}
-    return scale.build_row(clients=clients, public_batch=batch, rounds=rounds,
+    return scale_rows.build_row(clients=clients, public_batch=batch, rounds=rounds,
                            records=_scale_records(rounds, seconds, clients), wall_s=60.0,
                            memory=memory, cpu_marks=marks)
 
@@ -251,24 +252,24 @@ def test_scale_rows_growth_and_target() -> None:
     assert row["server_engine_cpu_s_per_round"] == pytest.approx(5.0)
     one = _scale_row(1000, 100, 400.0, 2100.0, rounds=1)
     assert one["measured_rounds"] == [1] and one["s_per_round"] == 800.0  # round 1 only
-    rows = scale.merge_rows([_scale_row(100, 100, 1.0, 1.0)],
+    rows = scale_rows.merge_rows([_scale_row(100, 100, 1.0, 1.0)],
                             [_scale_row(100, 100, 40.0, 2050.0), one, row,
                              _scale_row(100, 2000, 160.0, 2100.0)])
     assert [(r["clients"], r["public_batch"]) for r in rows] == [
         (10, 100), (100, 100), (100, 2000), (1000, 100)]
-    g = scale.growth(rows, 100, 100)
+    g = scale_rows.growth(rows, 100, 100)
     assert [(s["from"], s["to"]) for s in g["steps"]] == [(10, 100), (100, 1000)]
     assert g["steps"][0]["time_x"] == 10.0 and g["steps"][0]["time_x_over_clients_x"] == 1.0
     assert g["public_batch"]["time_x"] == 4.0 and g["public_batch"]["batch_x"] == 20.0
     assert "time_fit" in g and "pss_fit" in g
-    target = scale.evaluate_target(rows, 24_000.0)
+    target = scale_rows.evaluate_target(rows, 24_000.0)
     assert target["met"] and "1,000 clients ran 1 round(s)" in target["detail"]
     failed = dict(one, ok=False, error="SimulationError: boom")
-    assert not scale.evaluate_target([row, failed], 24_000.0)["met"]
-    assert not scale.evaluate_target([row], 24_000.0)["met"]
-    assert scale.configurations([10, 100, 1000], [100, 2000], 100) == [
+    assert not scale_rows.evaluate_target([row, failed], 24_000.0)["met"]
+    assert not scale_rows.evaluate_target([row], 24_000.0)["met"]
+    assert scale_rows.configurations([10, 100, 1000], [100, 2000], 100) == [
         (10, 100), (100, 100), (100, 2000), (1000, 100)]
-    assert "yes" in scale.format_row(row) and scale.rounds_for(1000, 2, 1000, 1) == 1
+    assert "yes" in scale_rows.format_row(row) and scale.rounds_for(1000, 2, 1000, 1) == 1
 
 
 def test_scale_renders_into_the_page(tmp_path: Path) -> None:
@@ -278,8 +279,8 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
            "flwr": "z", "python": "3", "niceness": 10}
     data = {"benchmark": "scale", "command": "python -m bench.scale", "environment": env,
             "settings": {"base_public_batch": 100, "batch_clients": 100, "quick": False},
-            "rows": rows, "growth": scale.growth(rows, 100, 100),
-            "target": scale.evaluate_target(rows, 24_000.0), "wall_seconds": 600}
+            "rows": rows, "growth": scale_rows.growth(rows, 100, 100),
+            "target": scale_rows.evaluate_target(rows, 24_000.0), "wall_seconds": 600}
     results = tmp_path / "results"
     results.mkdir()
     (results / "scale.json").write_text(json.dumps(data))
@@ -290,7 +291,7 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
     assert "Target met: yes" in text and "10 → 100 clients (×10)" in text
     assert (doc.parent / "bench_scale.png").stat().st_size > 0
     quick = dict(data, settings=dict(data["settings"], quick=True))
-    assert "Not yet measured" in "\n".join(scale.section(quick, None))
+    assert "Not yet measured" in "\n".join(scale_page.section(quick, None))
 
 
 def test_dp_cost_trainer_with_the_head_trainable_steps_only_the_head() -> None:

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.pages import text
 from common.environment import environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,29 +254,6 @@ def _cell(x: float | None) -> str:
     return "not run" if x is None else f"{x:.3f}"
 
 
-METHOD_TEXT = """\
-**Method.** `bench/privacy_utility.py`. Test accuracy of the model each participant
-ends up with (`final.student_accuracy_mean` of the run summaries), one seed (0), each
-preset's own settings (clients, partition, rounds, students), with `--set epsilon=E` per
-column; ε is each client's (or, centralized, the pooled dataset's) example-level budget
-over all rounds, δ=1e-5. Federated distillation (FD) runs through Flower
-(`python -m bench.results --methods federated-distillation,non-private-fd --set
-epsilon=E`), and its cells are read from `bench/results/<preset>.json`; its
-students are the clients' mixed families (transformer, LSTM, CNN) after distillation, and
-the server teacher is shown on its own row. The baselines (`simulations/baselines.py`)
-run in parallel worker processes of this script; a baseline cell it has not run is taken,
-marked †, from the same `run_baseline` in a `bench/results.py` run of the same preset
-and seed (its DP rows at `privacy.budget` = ε; `fedavg` and `centralized` at ε=∞).
-DP-FedAvg averages one student family (the first, `transformer`), centralized DP-SGD
-trains one student on the pooled private partitions, local-only trains each client's
-student on its own partition. At ε=∞ every method is its non-private counterpart
-(non-private FD, FedAvg, centralized, local-only without DP).
-With one seed and test sets of 2,616 (rotten-tomatoes) and 1,821 (SST-2) texts, a
-difference of about 2 points is within noise. The targets are judged on the students'
-mean; FD's teacher is information only.
-"""
-
-
 def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
             plot_dir: Path | None, plot_prefix: str = "") -> list[str]:
     """Markdown lines of the page's privacy-utility section (and its plot)."""
@@ -289,7 +267,7 @@ def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
     keys = [eps_key(e) for e in settings_eps(data["settings"])]
     head = " | ".join("ε=∞" if k == "inf" else f"ε={k}" for k in keys)
     own = [r for r in data.get("rows", []) if "accuracy" in r]
-    lines = [METHOD_TEXT]
+    lines = [text("benchmarks/privacy_utility_method.md")]
     if own:
         lines += [f"Baselines run by this script: command `{data.get('command')}`, "
                   f"{data.get('wall_seconds', 0):.0f} s on {data['settings'].get('workers')} "

@@ -17,101 +17,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.pages import joined, lines, text
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 MIB = 2**20
-
-INTRO = """\
-# Benchmarks
-
-Side-by-side measurements of what privacy costs, how many bytes cross the network and how
-far the simulation scales. Each benchmark is a script in `bench/` that prints its
-environment (CPU count; torch, opacus and flwr versions; device) and writes one JSON file
-to `bench/results/`; this page is generated from those files.
-
-Regenerate: `make bench` (reruns the CPU benchmarks, then this page; about 6 minutes on
-a shared 2-core machine) or `make bench-doc` (this page and its plots only, from the
-committed JSON).
-Benchmarks are not tests: the test suite makes no timing assertions.
-
-Absolute times depend on the machine and on its neighbours; every comparison below is
-measured side by side in one process and reported as a ratio.
-"""
-
-DP_METHOD = """\
-**Method.** `bench/dp_cost.py`. Students of each family at size `tiny` (vocab 6000,
-T=40, 2 classes) on real rotten-tomatoes token ids. Three trainers live side by side in
-one process: non-private SGD, and Opacus DP-SGD with `hooks` and with `ghost` clipping,
-built as `common/training/dp.py` builds them (`PrivacyEngine.make_private`, Poisson
-loader, σ=1, clip 1, SGD lr 0.05 momentum 0.9). Each repeat times a block of steps of
-every mode in turn (the order rotates per repeat); *throughput ×* is the median over
-repeats of a mode's samples/s over the non-private samples/s of the same repeat, with
-its range; *best ×* compares each mode's fastest block with the non-private fastest block
-(a neighbour's load only ever slows a block down), as a cross-check on a busy machine.
-Steps use fixed-size batches so every mode processes the same rows.
-`torch.set_num_threads(1)` on CPU: the machine is shared, and one thread per mode keeps
-the comparison fair.
-
-**Peak memory** is measured apart from timing, one configuration at a time. On CPU each
-(family, mode, batch) runs in a fresh subprocess: it loads the token ids, warms the code
-paths with a throwaway 2-row step of the same mode (the first step maps tens of MiB of
-library code, the same for every mode), resets the kernel's resident-set high-water mark
-(`/proc/self/clear_refs`), then builds the model and the Opacus wrapper and runs a few
-steps. *Peak MiB* is `VmHWM` minus the RSS before the build: weights, gradients,
-optimizer state, activations, per-sample gradients and every transient, as the kernel
-saw them. (torch has no CPU allocator statistics, and `tracemalloc` does not see torch's
-allocations.) On CUDA it is `torch.cuda.max_memory_allocated` minus the allocation
-before the build. This is the training step's working memory, not the process: the
-~300 MiB of Python, torch and Opacus that every mode shares would flatten every ratio
-towards 1.
-"""
-
-DP_WHY = """\
-**Why the target is missed.** The default student is small (d=64) and most of its
-parameters are its 6000x64 token embedding, which is the worst case for per-sample
-gradients. A `torch.profiler` trace of one CPU step (Transformer, B=256), taken when these
-results were first produced, shows where the time goes:
-
-- `hooks` materialises a per-sample gradient for every parameter; for the embedding that
-  is a dense B x 6000 x 64 tensor (393 MB at B=256), and zero-filling it (`aten::fill_`)
-  alone is about half of the step. Memory follows: several times the non-private
-  working set.
-- `ghost` never builds per-sample gradients, so its memory stays near non-private, but it
-  runs backward twice (norms, then the re-weighted loss); the per-layer norm products
-  (`bmm` over T x T) and the embedding's norm (`unique` over (row, token) pairs, about 15%
-  of the step on CPU) come on top. With a backward pass costing about twice the forward,
-  forward plus two backwards is already about 5/3 of a plain step (0.6x) before any norm
-  is computed.
-
-Measured earlier in this project on a wider model with a 1000-token vocabulary (d=128,
-T=64, same kind of machine), the same modes gave 0.60-0.62x (hooks) and 0.51-0.55x
-(ghost): the gap to the target comes from the shape of the default student and from
-ghost's second backward, not from the benchmark. What moves it: freezing the embedding
-for the DP phase. The clients' default private step does that (`dp-trainable = head`,
-chosen for accuracy, docs/RESULTS.md); its own cost is measured below (`--trainable
-head`). A larger d per parameter of embedding would also move it.
-"""
-
-DP_MEMORY = """\
-**Reading the other families.** The LSTM and CNN students pay more, relative to their own
-non-private step, than the Transformer. Their non-private working set is small (tens of
-MiB: no attention maps), while the embedding's per-sample cost is the same 6000x64 for
-every family, so `hooks` lands at 10-25x memory and `ghost` at 2-5x. The LSTM is an Opacus
-`DPLSTM` in every mode (`nn.LSTM`'s fused kernel cannot be hooked), unrolled over T=40
-steps; under DP each of its gates' linear layers is hooked at every time step, which
-makes it the slowest family under DP (about 0.1-0.2x of its own non-private speed).
-"""
-
-NOT_YET = """\
-*Not yet measured* — {what} This section is filled in when its script lands in
-`bench/` and writes its JSON to `bench/results/`.
-"""
-NO_GPU_YET = """\
-*Not yet measured* — no GPU result has been committed yet (`dp_cost_gpu.json` in
-`bench/results/`).
-"""
-
 
 def _mib(b: float) -> str:
     return f"{b / MIB:.1f}"
@@ -132,16 +43,6 @@ def _env_line(env: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------- dp_cost
-TRAINABLE_NOTE = (
-    "**The clients' own DP step: `--trainable {trainable}`.** Every mode, the non-private "
-    "one included, trains only what `dp-trainable = {trainable}` trains (the rest frozen, "
-    "as `dp_train` freezes it), so the ratios compare DP-SGD with non-private SGD on the "
-    "same parameters. `head` is the default of every preset; `embedding` (token "
-    "embedding + head) carries more private signal on Rotten Tomatoes (docs/RESULTS.md, "
-    '"Where the private step pays"); the first table trains all layers, the cost of DP '
-    "on the whole student.")
-
-
 def dp_cost_table(data: dict[str, Any]) -> list[str]:
     """Markdown table of one dp_cost result: one row per (family, batch, mode)."""
     lines = ["| family | batch | mode | samples/s | throughput × (range) | best × | peak MiB "
@@ -371,12 +272,6 @@ def equal_accuracy_lines(results: dict[str, dict[str, Any]]) -> list[str]:
 def render(results: dict[str, dict[str, Any]], plot_dir: Path | None,
            plot_prefix: str = "") -> str:
     """The whole page; plots are written to ``plot_dir`` (None: no plots)."""
-    dp = {k: v for k, v in results.items() if v.get("benchmark") == "dp_cost"}
-    cpu = {k: v for k, v in dp.items() if v["environment"].get("device") == "cpu"
-           and not v["settings"].get("quick")}
-    gpu = {k: v for k, v in dp.items() if v["environment"].get("device", "").startswith("cuda")}
-    comm = {k: v for k, v in results.items() if v.get("benchmark") == "communication"}
-    other = sorted(k for k, v in results.items() if "benchmark" not in v)
 
     def plot(name: str, fn: Any, data: dict[str, Any]) -> str | None:
         if plot_dir is None:
@@ -384,54 +279,71 @@ def render(results: dict[str, dict[str, Any]], plot_dir: Path | None,
         fn(data, plot_dir / name)
         return plot_prefix + name
 
-    out = [INTRO, "## 1. DP training cost", "", DP_METHOD]
-    if not cpu:
-        out.append(NOT_YET.format(what="run `python -m bench.dp_cost`."))
+    other = sorted(k for k, v in results.items() if "benchmark" not in v)
+    page = text("BENCHMARKS.md.j2",
+                dp_cost=joined(_dp_cost_block(results, plot)),
+                communication=joined(_communication_block(results, plot)),
+                privacy_utility=joined(privacy_utility_section(results, plot_dir, plot_prefix)),
+                scale=joined(scale_section(results, plot_dir, plot_prefix)),
+                secagg=joined(secagg_section(results)),
+                gpu=joined(_gpu_block(results, plot)),
+                other=", ".join(f"`{k}.json`" for k in other))
+    return page.rstrip() + "\n"
+
+
+def _dp_runs(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in results.items() if v.get("benchmark") == "dp_cost"}
+
+
+def _dp_cost_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
+    """Benchmark 1: one block per CPU result file."""
+    cpu = {k: v for k, v in _dp_runs(results).items()
+           if v["environment"].get("device") == "cpu" and not v["settings"].get("quick")}
+    out = [] if cpu else [text("benchmarks/not_yet.md", what="run `python -m bench.dp_cost`.")]
     for name, data in sorted(cpu.items()):
-        out += [f"Source: `bench/results/{name}.json`, command `{data['command']}` "
-                f"({data.get('wall_seconds', 0):.0f} s).  ", _env_line(data["environment"]), ""]
+        out += _source_lines(name, data)
         if data.get("notes"):
             out += [f"Note: {data['notes']}", ""]
         trainable = data["settings"].get("trainable", "all")
         if trainable != "all":
-            out += [TRAINABLE_NOTE.format(trainable=trainable), ""]
+            out += lines("benchmarks/trainable_note.md", trainable=trainable)
         out += dp_cost_table(data) + [""] + dp_cost_target(data) + [""]
         if trainable == "all" and not (data.get("target") or {}).get("met", True):
-            out += [DP_WHY]
+            out += [text("benchmarks/dp_why.md")]
         if trainable == "all":
-            out += [DP_MEMORY]
+            out += [text("benchmarks/dp_memory.md")]
         png = plot(f"bench_{name}.png", plot_dp_cost, data)
         if png:
             out += [f"![DP-SGD cost ratios]({png})", ""]
-    out += ["## 2. Communication", ""]
-    if not comm:
-        out.append(NOT_YET.format(what="run `python -m bench.communication`."))
+    return out
+
+
+def _source_lines(name: str, data: dict[str, Any]) -> list[str]:
+    return [f"Source: `bench/results/{name}.json`, command `{data['command']}` "
+            f"({data.get('wall_seconds', 0):.0f} s).  ", _env_line(data["environment"]), ""]
+
+
+def _communication_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
+    """Benchmark 2: bytes per round, and the equal-accuracy bound of the real runs."""
+    comm = {k: v for k, v in results.items() if v.get("benchmark") == "communication"}
+    out = [] if comm else [text("benchmarks/not_yet.md",
+                                what="run `python -m bench.communication`.")]
     for name, data in sorted(comm.items()):
         equal = equal_accuracy_lines(results)
         out += communication_section(data, plot(f"bench_{name}.png", plot_communication, data),
                                      equal_measured=bool(equal))
         out += equal
         out.append("")
-    out += ["## 3. Privacy-utility", "", *privacy_utility_section(results, plot_dir, plot_prefix),
-        "## 4. Scale", "", *scale_section(results, plot_dir, plot_prefix),
-        "## 5. Secure aggregation", "", *secagg_section(results),
-        "## 6. GPU", "",
-        "`bench/gpu.py` runs benchmark 1 on CUDA (batches 64, 256, 1024; peak memory "
-        "by `torch.cuda.max_memory_allocated`) and a small privacy-utility check (the "
-        "default student DP-trained from scratch on the private set at ε ∈ {1, 8, ∞}: "
-        "centralized DP-SGD only, not benchmark 3's grid). It checks a 420 s budget before "
-        "each part and saves its JSON after each, and `bench/run_gpu.sh` caps it at "
-        "470 s. On a GPU machine that receives only the repo: "
-        "`bash bench/run_gpu.sh --prepare` here once (copies the data file and the "
-        "opacus wheel into `.bench-carry/`), then `bash bench/run_gpu.sh` there with "
-        "`.bench-carry` carried; copy `$OUT/dp_cost_gpu.json` into `bench/results/`. "
-        "Smoke test on CPU: `python -m bench.gpu --device cpu --quick --out runs/gpu/g.json`.",
-        ""]
-    if not gpu:
-        out.append(NO_GPU_YET)
+    return out
+
+
+def _gpu_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
+    """Benchmark 6: the CUDA result files."""
+    gpu = {k: v for k, v in _dp_runs(results).items()
+           if v["environment"].get("device", "").startswith("cuda")}
+    out = [] if gpu else [text("benchmarks/no_gpu_yet.md")]
     for name, data in sorted(gpu.items()):
-        out += [f"Source: `bench/results/{name}.json`, command `{data['command']}` "
-                f"({data.get('wall_seconds', 0):.0f} s).  ", _env_line(data["environment"]), ""]
+        out += _source_lines(name, data)
         out += dp_cost_table(data) + [""] + dp_cost_target(data) + [""]
         if data.get("skipped"):
             out += [f"Skipped for time: {', '.join(data['skipped'])}.", ""]
@@ -441,11 +353,7 @@ def render(results: dict[str, dict[str, Any]], plot_dir: Path | None,
         png = plot(f"bench_{name}.png", plot_dp_cost, data)
         if png:
             out += [f"![DP-SGD cost ratios on GPU]({png})", ""]
-    if other:
-        out += ["## Other result files", "",
-                "Rendered by `bench/results.py` into docs/RESULTS.md: "
-                + ", ".join(f"`{k}.json`" for k in other) + ".", ""]
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.pages import lines as page_lines
+from bench.pages import text
 from common.environment import environment
 from simulations.baselines import BASELINES, run_baseline
 from simulations.cli import resolve_config
@@ -80,11 +82,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def render(results: dict[str, dict[str, Any]]) -> str:
     """docs/RESULTS.md from every ``bench/results/*.json``."""
-    lines = ["# Results", "",
-             "Produced by `python -m bench.results --preset NAME` (one Flower "
-             "simulation plus every baseline on the same split, students and ε). "
-             "Numbers are test accuracy on the held-out set; ε is per client "
-             "(δ in the table), recomputed from the ledgers for federated distillation.", ""]
+    lines: list[str] = []
     for preset, data in sorted(results.items()):
         env = data["environment"]
         lines += [f"## `{preset}` preset", "",
@@ -111,26 +109,18 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
         lines.append("")
         if any(_pre_fix(row) for row in data["rows"]):
-            lines += [PRE_FIX_NOTE, ""]
+            lines += page_lines("results/pre_fix_note.md")
         lines += reference_lines(data["rows"])
         lines += contribution_table(data["rows"])
         lines += targets_table(preset, data["rows"])
         lines += tuning_table(RESULTS / f"tuning-{preset}.json")
     lines += stability_section(RESULTS / "stability.json")
     lines += recipes_section(RESULTS)
-    lines += READING
-    return "\n".join(lines) + "\n"
+    return text("RESULTS.md.j2", body="".join(line + "\n" for line in lines))
 
 
 DP_METHODS = ("federated-distillation", "centralized-dp", "local-only", "dp-fedavg")
 PRE_FIX_MARK = " †"
-PRE_FIX_NOTE = ("† Run before issue 14's fixes: the Poisson sampling was seeded from values "
-                "the coordinator knows, so the amplification by subsampling behind this ε "
-                "did not hold and the ε shown is not a valid bound for that run (its "
-                "accuracy stands). Rows without † were rerun with each node's secret "
-                "seeding its sampling and noise.")
-
-
 # Issue 15's targets per pretrained preset: (what, threshold); measured below, never edited
 TEACHER_TARGETS = {"default": 0.78, "sst2": 0.85}
 CONTRIBUTION_TARGET = 0.04  # FD − public-only at ε = 8, interval above 0
@@ -421,56 +411,6 @@ def pays_table(files: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {dataset} | {clients} × {size:,} | " + " | ".join(parts)
                      + f" | {pays} |")
     return lines
-
-
-READING = [
-    "## How to read the table", "",
-    "- The `default` and `sst2` presets put every model on a frozen pretrained encoder "
-    "(all-MiniLM-L6-v2, features cached): the teacher is a linear probe, the students "
-    "linear probes and one-hidden-layer heads. `scratch` and `sst2-scratch` are version "
-    "1's presets, every model trained from scratch, kept for comparison.",
-    "- What caps the pretrained presets is the frozen encoder: *centralized* (the same head "
-    "trained without DP on every private label pooled) is about the most its features give, "
-    "so no private federation of them can pass it. Fine-tuning the encoder itself (the "
-    "`encoder` family; the `gpu` preset does it under DP with ghost clipping) is the way "
-    "past it; it was not measured here (no GPU was lent, and on 2 CPU cores it is too slow).",
-    "- `stdlib-topics` is the default preset, unchanged, on a folder a user could bring: "
-    "`python -m bench.stdlib_topics runs/stdlib-topics` writes its train.csv (four "
-    "topics of standard-library docstrings), run with `--set dataset=runs/stdlib-topics "
-    "--set partition=dirichlet`.",
-    "- **federated-distillation**: the preset through Flower's Simulation Engine. *teacher* "
-    "is the coordinator's model before round 1 (trained on its small labeled set) and "
-    "after the last round; *ensemble* is the aggregate of the students' test "
-    "predictions; *students* their mean accuracy.",
-    "- **centralized**: one student on all private partitions pooled, without DP (an upper "
-    "reference no federation of private data may reach). **centralized-dp**: the same with "
-    "DP-SGD at the clients' ε. **local-only**: each client alone, DP-SGD "
-    "on its partition (ensemble = mean of their test predictions). **fedavg** / "
-    "**dp-fedavg**: FedAvg of the first student family with non-private / DP-SGD local "
-    "steps, counting the float32 weights each way. Their local recipe (one epoch per "
-    "round, five rounds, clients split by movie) is short: non-private FedAvg had not left "
-    "the majority class after five rounds, so read it as a byte count, not as FedAvg's "
-    "best accuracy.",
-    "- In the scratch presets every DP-from-scratch row sits at chance (the majority "
-    "class: 56.3% fresh in the "
-    "rotten-tomatoes test set, about half on SST-2), as "
-    "`../shared/notes/DP-UTILITY.md` measured: DP-SGD from scratch learns nothing useful "
-    "here at ε ≤ 8. Federated distillation starts every student from the teacher's "
-    "knowledge on public data, which costs no ε, and is the only private row above it.",
-    "- **public-only** is the same Flower pipeline with the clients' private training "
-    "switched off (`--set private-training=false`): no private example is ever used. The "
-    "*private contribution* table under each preset is federated distillation minus that "
-    "ablation, paired by seed: what the clients' DP-trained private data added. On the "
-    "default task, read its interval: where it spans 0, the teacher's gain over its "
-    "round-0 accuracy came from distillation on public data, as "
-    "`../shared/notes/DP-UTILITY.md` warned. The DP-recipes section shows where the "
-    "private signal is lost: compare each DP recipe's gain with the non-private "
-    "fine-tunes of the same students on the same partitions.",
-    "- **non-private-fd** (where present) trains the private data without DP (`dp=false`).",
-    "- The round-0 teacher varies with the seed (see *teacher initial*); single-seed "
-    "differences under about 1.5 points are noise on these test sets.",
-    "",
-]
 
 
 def _row_key(row: dict[str, Any]) -> tuple[str, int, float]:

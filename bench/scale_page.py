@@ -8,40 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-METHOD_TEXT = """\
-**Method.** `bench/scale.py` runs the project's Flower App end to end for each
-configuration: `simulations/runner.py` starts a private simulation SuperLink and `flwr run`
-(real ServerApp, real ClientApps in Ray workers, one CPU each, so two run at a time on
-this machine; real Opacus DP-SGD). The round is light but complete: rotten-tomatoes, `iid`
-partition of the 6,692 private examples (the natural partition has only 406 movies),
-every client a CNN `tiny` student with one distillation epoch on the public batch and
-DP-SGD for one pass over its shard (ε budget 8, `hooks`, head only), a Transformer `tiny`
-teacher pre-trained for one epoch. Every client is sampled every round. Students are
-evaluated on the 2,616 test texts only in the last round, a rule of the coordinator that
-no setting turns off; the rounds measured here are such last rounds.
-
-- *s/round* is the coordinator's own `seconds` of the measured round in `metrics.jsonl`
-  (send, every client's work, validation, aggregation, the teacher's update and test):
-  the mean of the rounds after the first, or round 1 when the run has one round. Round 1
-  also pays each Ray worker's first call (tokenizer training, data encoding: about 10 s of
-  CPU per worker), which is small beside a 1000-client round and large beside a
-  10-client one. *Wall s* is the whole run: SuperLink and Ray start-up, teacher
-  pre-training, every round, shutdown.
-- *CPU s/round* is the CPU time (user + system) that the run's processes used during the
-  measured round, read from `/proc` at each round's end; *client CPU per client* counts
-  only the Ray ClientApp actors. On a shared machine a neighbour's load stretches the
-  wall-clock numbers; CPU time is much steadier, and the mean 1-minute load average
-  during each run is shown beside it (this machine has 2 cores).
-- *Peak RSS / PSS* is the largest sum, over every process of the run (SuperLink, `flwr
-  run`, SuperExec, the `flwr-simulation` process that hosts the ServerApp and the
-  Simulation Engine, Ray's daemons and workers), of the resident set and of the
-  proportional set, sampled every 0.5 s. RSS counts each shared library once per process
-  and so over-states what the run needs; PSS splits shared pages between the processes
-  that map them.
-
-Ray's workers run at the script's own niceness (`RAY_worker_niceness=0`; Ray's default
-puts them 15 below the driver, which on a shared machine hands their CPU to neighbours).
-"""
+from bench.pages import text
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -224,7 +191,7 @@ def section(
     # each row keeps the command that measured it (runs merged with --merge)
     commands = list(dict.fromkeys(r.get("command") or data["command"] for r in data["rows"]))
     lines = [
-        METHOD_TEXT,
+        text("benchmarks/scale_method.md"),
         f"Source: `bench/results/{name}.json`, rows measured by "
         + "; ".join(f"`{c}`" for c in commands)
         + f" ({data.get('wall_seconds', 0) / 60:.0f} min of runs in all).  ",

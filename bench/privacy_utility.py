@@ -46,7 +46,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.pages import text
+from bench.privacy_utility_grid import (
+    BASELINES,
+    GAP_POINTS,
+    INF,
+    PRESETS,
+    baseline_cells,
+    cell_key,
+    eps_key,
+    evaluate_targets,
+    fd_cells,
+    grid,
+    parse_eps,
+    settings_eps,
+)
+from bench.privacy_utility_page import cell_text, verdict
 from common.environment import environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,363 +68,10 @@ RESULTS = ROOT / "bench" / "results"
 OUT = RESULTS / "privacy_utility.json"
 QUICK_OUT = ROOT / "runs" / "privacy_utility_quick.json"
 
-INF = math.inf
-EPSILONS = (1.0, 3.0, 8.0, INF)
-PRESETS = ("default", "sst2")
-# Method label -> (baseline run at a finite ε, its non-private counterpart run at ε=∞).
-BASELINES = {
-    "dp-fedavg": ("dp-fedavg", "fedavg"),
-    "centralized-dp": ("centralized-dp", "centralized"),
-    "local-only": ("local-only", "local-only-nodp"),
-}
-FD_PRIVATE, FD_NONPRIVATE = "federated-distillation", "non-private-fd"
-LABELS = {
-    "fd-students": "federated distillation, students (mean)",
-    "fd-teacher": "federated distillation, server teacher",
-    "dp-fedavg": "DP-FedAvg, global model (ε=∞: FedAvg)",
-    "centralized-dp": "centralized DP-SGD (ε=∞: non-private)",
-    "local-only": "local-only, students (mean) (ε=∞: no DP)",
-}
-GAP_POINTS = 3.0  # FD at ε=8 within this many points of non-private FD
-TARGET_EPSILON = 8.0
 # Rough relative cost, to start the slowest cells first.
 _COST = {"local-only": 4, "dp-fedavg": 3, "centralized-dp": 2, "local-only-nodp": 2,
          "fedavg": 1, "centralized": 1}
 
-
-# ------------------------------------------------------------------------ pure parts
-def eps_key(eps: float | None) -> str:
-    """ε as a JSON-safe key: ``"1"``, ``"8"``, ``"inf"``."""
-    return "inf" if eps is None or math.isinf(eps) else f"{eps:g}"
-
-
-def parse_eps(text: str) -> float:
-    return INF if text.strip().lower() in ("inf", "∞", "none") else float(text)
-
-
-def settings_eps(settings: dict[str, Any]) -> tuple[float, ...]:
-    """The ε grid of a result file (stored with ``null`` for ∞: JSON has no infinity)."""
-    return tuple(INF if e is None else float(e) for e in settings["epsilons"])
-
-
-def _same_experiment(row: dict[str, Any], config: dict[str, Any], seed: int) -> bool:
-    return row.get("seed") == seed and all(
-        row.get(k) == config.get(k) for k in ("dataset", "rounds", "clients")
-        if config.get(k) is not None)
-
-
-def fd_cells(rows: list[dict[str, Any]], preset: str, config: dict[str, Any], seed: int,
-             epsilons: tuple[float, ...] = EPSILONS) -> dict[str, dict[str, Any]]:
-    """FD cells of one preset, by ε key, from ``bench/results/<preset>.json``'s rows.
-
-    A row counts when its seed is ``seed`` and its dataset, rounds and clients are those
-    of ``config`` (the baselines' preset settings): a run with other settings is not the
-    same experiment. Finite ε: method ``federated-distillation`` with DP on and
-    ``privacy.budget == ε``; ε=∞: method ``non-private-fd``. The last matching row wins.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        if not _same_experiment(row, config, seed):
-            continue
-        privacy, final = row.get("privacy") or {}, row.get("final") or {}
-        if row.get("method") == FD_NONPRIVATE:
-            eps = INF
-        elif row.get("method") == FD_PRIVATE and privacy.get("dp") and privacy.get("budget"):
-            eps = float(privacy["budget"])
-        else:
-            continue
-        if eps not in epsilons:
-            continue
-        out[eps_key(eps)] = {
-            "preset": preset, "method": row["method"], "epsilon": None if eps == INF else eps,
-            "seed": seed, "students": row.get("students"),
-            "student_accuracy_mean": final.get("student_accuracy_mean"),
-            "teacher_accuracy": final.get("teacher_accuracy"),
-            "ensemble_accuracy": final.get("ensemble_accuracy"),
-            "epsilon_max": privacy.get("epsilon_max"),
-            "source": f"bench/results/{preset}.json",
-        }
-    return out
-
-
-def baseline_cells(rows: list[dict[str, Any]], preset: str, config: dict[str, Any],
-                   seed: int, epsilons: tuple[float, ...] = EPSILONS
-                   ) -> dict[str, dict[str, float]]:
-    """Baseline accuracies {method: {ε key: accuracy}} from ``bench/results.py`` rows.
-
-    ``results.py`` runs the same ``run_baseline`` on the same preset settings, so its rows
-    fill cells this script has not run (same seed/dataset/rounds/clients rule as
-    :func:`fd_cells`): a DP baseline at ``privacy.budget == ε``, and at ε=∞ ``fedavg`` and
-    ``centralized``. Local-only without DP exists only in this script's own runs.
-    """
-    out: dict[str, dict[str, float]] = {m: {} for m in BASELINES}
-    for row in rows:
-        if not _same_experiment(row, config, seed):
-            continue
-        privacy, final = row.get("privacy") or {}, row.get("final") or {}
-        acc = final.get("student_accuracy_mean")
-        for method, (private, public) in BASELINES.items():
-            if row.get("method") == private and privacy.get("dp") and privacy.get("budget"):
-                eps = float(privacy["budget"])
-            elif row.get("method") == public and not privacy.get("dp"):
-                eps = INF
-            else:
-                continue
-            if eps in epsilons and acc is not None:
-                out[method][eps_key(eps)] = acc
-    return out
-
-
-def grid(data: dict[str, Any], preset_results: dict[str, dict[str, Any]] | None = None,
-         borrowed: set[tuple[str, str, str]] | None = None) -> dict[str, Any]:
-    """{preset: {method: {ε key: accuracy or None}}} for every table row of LABELS.
-
-    FD cells, and baseline cells this script has not run itself, are re-read from
-    ``preset_results`` (``{preset: results.py file}``) when a preset's file is given,
-    else taken from the snapshot in ``data["fd"]`` / ``data["baselines_from_results_py"]``.
-    ``borrowed`` collects the (preset, method, ε key) of baseline cells so filled.
-    """
-    settings = data["settings"]
-    keys = [eps_key(e) for e in settings_eps(settings)]
-    out: dict[str, Any] = {}
-    for preset in settings["presets"]:
-        config = settings["configs"].get(preset, {})
-        if preset_results is not None and preset in preset_results:
-            rows = preset_results[preset].get("rows", [])
-            fd = fd_cells(rows, preset, config, settings["seed"], settings_eps(settings))
-            other = baseline_cells(rows, preset, config, settings["seed"],
-                                   settings_eps(settings))
-        else:
-            fd = data.get("fd", {}).get(preset, {})
-            other = data.get("baselines_from_results_py", {}).get(preset, {})
-        table: dict[str, dict[str, float | None]] = {
-            "fd-students": {k: (fd.get(k) or {}).get("student_accuracy_mean") for k in keys},
-            "fd-teacher": {k: (fd.get(k) or {}).get("teacher_accuracy") for k in keys},
-        }
-        for method in BASELINES:
-            table[method] = {k: None for k in keys}
-        for row in data.get("rows", []):
-            if row.get("preset") == preset and row.get("method") in BASELINES \
-                    and "accuracy" in row and row["epsilon_key"] in keys:
-                table[row["method"]][row["epsilon_key"]] = row["accuracy"]
-        for method, cells in other.items():
-            for k, acc in cells.items():
-                if k in keys and table[method][k] is None:
-                    table[method][k] = acc
-                    if borrowed is not None:
-                        borrowed.add((preset, method, k))
-        out[preset] = table
-    return out
-
-
-def evaluate_targets(table: dict[str, Any]) -> dict[str, Any]:
-    """The issue's two targets per preset, judged on the FD students' mean accuracy.
-
-    ``met`` is True or False when every cell the target needs is there, else None
-    (*not decided*: some cell is not run). A target's overall ``met`` is False as soon as
-    one preset misses it, True when every preset meets it, else None.
-    """
-    per: dict[str, Any] = {}
-    target = eps_key(TARGET_EPSILON)
-    for preset, t in table.items():
-        fd, nonpriv = t["fd-students"].get(target), t["fd-students"].get("inf")
-        gap = None if fd is None or nonpriv is None else 100.0 * (nonpriv - fd)
-        gap_met = None if gap is None else gap <= GAP_POINTS
-        ahead = {}
-        for k in t["fd-students"]:
-            if k == "inf":
-                continue
-            a, b = t["fd-students"][k], t["dp-fedavg"].get(k)
-            ahead[k] = {"fd": a, "dp_fedavg": b,
-                        "margin_points": None if a is None or b is None else 100.0 * (a - b),
-                        "met": None if a is None or b is None else a > b}
-        vals = [v["met"] for v in ahead.values()]
-        ahead_met = False if False in vals else (None if None in vals or not vals else True)
-        # Information only: the same comparisons with the server teacher.
-        tfd, tnp = t["fd-teacher"].get(target), t["fd-teacher"].get("inf")
-        per[preset] = {
-            "fd_within_gap_at_8": {"fd": fd, "non_private_fd": nonpriv, "gap_points": gap,
-                                   "max_gap_points": GAP_POINTS, "met": gap_met,
-                                   "teacher_gap_points": None if tfd is None or tnp is None
-                                   else 100.0 * (tnp - tfd)},
-            "fd_ahead_of_dp_fedavg": {"per_epsilon": ahead, "met": ahead_met},
-        }
-
-    def overall(name: str) -> bool | None:
-        vals = [p[name]["met"] for p in per.values()]
-        return False if False in vals else (None if None in vals or not vals else True)
-
-    return {"accuracy": "final.student_accuracy_mean (FD: the clients' students)",
-            "per_preset": per,
-            "fd_within_gap_at_8": overall("fd_within_gap_at_8"),
-            "fd_ahead_of_dp_fedavg": overall("fd_ahead_of_dp_fedavg")}
-
-
-def _verdict(met: bool | None) -> str:
-    return {True: "met", False: "missed", None: "not decided (cells not run)"}[met]
-
-
-def _cell(x: float | None) -> str:
-    return "not run" if x is None else f"{x:.3f}"
-
-
-def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
-            plot_dir: Path | None, plot_prefix: str = "") -> list[str]:
-    """Markdown lines of the page's privacy-utility section (and its plot)."""
-    if not data or data.get("settings", {}).get("quick"):
-        return ["*Not yet measured* — run `python -m bench.privacy_utility` (the "
-                "baselines; FD cells come from `bench/results.py`).", ""]
-    presets = data["settings"]["presets"]
-    borrowed: set[tuple[str, str, str]] = set()
-    table = grid(data, {p: results[p] for p in presets if p in results}, borrowed)
-    targets = evaluate_targets(table)
-    keys = [eps_key(e) for e in settings_eps(data["settings"])]
-    head = " | ".join("ε=∞" if k == "inf" else f"ε={k}" for k in keys)
-    own = [r for r in data.get("rows", []) if "accuracy" in r]
-    lines = [text("benchmarks/privacy_utility_method.md")]
-    if own:
-        lines += [f"Baselines run by this script: command `{data.get('command')}`, "
-                  f"{data.get('wall_seconds', 0):.0f} s on {data['settings'].get('workers')} "
-                  "worker processes.  ", _env_line(data["environment"]), ""]
-    else:
-        lines += ["No baseline cell has been run by this script yet "
-                  "(`bench/results/privacy_utility.json` holds only the grid's settings)."
-                  "", ""]
-    sources = sorted({p for p, _, _ in borrowed} | {p for p in presets if p in results})
-    if sources:
-        lines += ["FD cells" + (" and the baseline cells marked †" if borrowed else "")
-                  + " come from `bench/results.py` runs: "
-                  + "; ".join(f"`bench/results/{p}.json` ({_results_env(results[p])})"
-                              for p in sources if p in results) + ".", ""]
-    steps = [f"`{p}` ε={r['privacy']['budget']:g}: {r['private_step']}"
-             for p in presets if p in results for r in results[p].get("rows", [])
-             if r["method"] == "federated-distillation" and "private_step" in r
-             and r["seed"] == data["settings"].get("seed", 0)]
-    if steps:  # the recipe is a choice of each run (docs/RESULTS.md's private-step column)
-        lines += ["FD cells' private step: " + "; ".join(steps) + ".", ""]
-    lines += [f"| dataset | method | {head} |", "|---|---|" + "---:|" * len(keys)]
-    for preset in presets:
-        dataset = data["settings"]["configs"].get(preset, {}).get("dataset", preset)
-        for method, label in LABELS.items():
-            cells = " | ".join(_cell(table[preset][method].get(k))
-                               + ("†" if (preset, method, k) in borrowed else "")
-                               for k in keys)
-            lines.append(f"| {dataset} (`{preset}`) | {label} | {cells} |")
-        majority = data["settings"]["configs"].get(preset, {}).get("majority_class_accuracy")
-        if majority is not None:
-            lines.append(f"| {dataset} (`{preset}`) | *majority class (reference: a model "
-                         f"that learned nothing)* | " + " | ".join([f"{majority:.3f}"] * len(keys))
-                         + " |")
-    floor = [f"`{p}` {m} at ε={'∞' if k == 'inf' else k}" for p in presets
-             if (maj := data["settings"]["configs"].get(p, {}).get("majority_class_accuracy"))
-             is not None for m in LABELS for k in keys
-             if (v := table[p][m].get(k)) is not None and abs(v - maj) < 0.005]
-    if floor:
-        lines += ["", "No better than predicting the majority class (within 0.5 points of "
-                  "it): " + ", ".join(floor) + "."]
-    errors = {_cell_key(r): r["error"] for r in data.get("rows", []) if "error" in r}
-    pending = {_cell_key(c) for c in data.get("pending", [])}
-    missing: dict[tuple[str, str, str], list[str]] = {}
-    for preset in presets:
-        for method in BASELINES:
-            for k in keys:
-                if table[preset][method].get(k) is None:
-                    key = (preset, method, k)
-                    why = (f"error: {errors[key][:80]}" if key in errors else
-                           "not finished within the time budget" if key in pending else
-                           "not run")
-                    missing.setdefault((preset, method, why), []).append(
-                        "∞" if k == "inf" else k)
-    if missing:
-        lines += ["", "Baseline cells without a result: " + "; ".join(
-            f"`{p}` {m} at ε={', '.join(ks)} ({why})" for (p, m, why), ks in missing.items())
-            + ". Run them with `python -m bench.privacy_utility --presets P --epsilons E "
-            "--methods M` (all at once on a GPU machine: `bench/run_privacy_utility.sh`)"
-            ", or with `python -m bench.results --methods dp-fedavg,centralized-dp,local-only "
-            "--set epsilon=E` (no ε=∞ local-only there)."]
-    lines += ["", "**Targets** (computed from the table; students' mean):", ""]
-    for preset, p in targets["per_preset"].items():
-        g = p["fd_within_gap_at_8"]
-        gap = "—" if g["gap_points"] is None else f"{g['gap_points']:+.1f}"
-        tgap = "" if g["teacher_gap_points"] is None else (
-            f"; teacher gap {g['teacher_gap_points']:+.1f} points, for information")
-        lines.append(f"- `{preset}`: FD at ε=8 vs non-private FD: gap {gap} points "
-                     f"(≤ {g['max_gap_points']:g} wanted): {_verdict(g['met'])}{tgap}.")
-        a = p["fd_ahead_of_dp_fedavg"]
-        parts = []
-        for k, v in a["per_epsilon"].items():
-            m = "—" if v["margin_points"] is None else f"{v['margin_points']:+.1f}"
-            short = {True: "met", False: "missed", None: "not run"}[v["met"]]
-            parts.append(f"ε={k}: {m} ({short})")
-        lines.append(f"- `{preset}`: FD ahead of DP-FedAvg (FD minus DP-FedAvg, points): "
-                     + "; ".join(parts) + f": {_verdict(a['met'])}.")
-    lines += ["", f"**Target met** — FD within {GAP_POINTS:g} points of non-private FD at "
-              f"ε=8: {_verdict(targets['fd_within_gap_at_8'])}; FD ahead of DP-FedAvg at "
-              f"every ε: {_verdict(targets['fd_ahead_of_dp_fedavg'])}.", ""]
-    missing = [f"`{p}` ε={k}" for p in presets for k in keys
-               if table[p]["fd-students"].get(k) is None]
-    if missing:
-        lines += ["FD cells not run yet: " + ", ".join(missing) + ". Run them with "
-                  "`python -m bench.results --preset P --seeds 0 --methods "
-                  "federated-distillation --set epsilon=E` (ε=∞: `--methods non-private-fd`)"
-                  ", then `make bench-doc`.", ""]
-    if plot_dir is not None:
-        name = "bench_privacy_utility.png"
-        plot(table, data, plot_dir / name)
-        lines += [f"![accuracy vs ε]({plot_prefix}{name})", ""]
-    return lines
-
-
-def _results_env(data: dict[str, Any]) -> str:
-    env = data.get("environment") or {}
-    return (f"torch {env.get('torch')}, opacus {env.get('opacus')}, flwr {env.get('flwr')}, "
-            f"{env.get('torch_threads', env.get('cpus'))} torch thread(s), "
-            f"device `{env.get('device')}`")
-
-
-def _env_line(env: dict[str, Any]) -> str:
-    gpu = f", {env['gpu']}" if env.get("gpu") else ""
-    return (f"Environment: {env.get('cpu_count')} CPUs ({env.get('torch_threads')} torch "
-            f"thread(s) per worker), torch {env.get('torch')}, opacus {env.get('opacus')}, "
-            f"flwr {env.get('flwr')}, device `{env.get('device')}`{gpu}, Python "
-            f"{env.get('python')}.")
-
-
-def plot(table: dict[str, Any], data: dict[str, Any], path: Path) -> None:
-    """Accuracy vs ε, one panel per dataset; ∞ drawn as the last, separate position."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [eps_key(e) for e in settings_eps(data["settings"])]
-    xs = list(range(len(keys)))
-    presets = list(table)
-    fig, axes = plt.subplots(1, len(presets), figsize=(5.2 * len(presets), 3.9), squeeze=False)
-    styles = {"fd-students": ("C0", "o", "-"), "fd-teacher": ("C0", "s", ":"),
-              "dp-fedavg": ("C1", "^", "-"), "centralized-dp": ("C2", "D", "-"),
-              "local-only": ("C3", "v", "-")}
-    short = {"fd-students": "FD students", "fd-teacher": "FD teacher",
-             "dp-fedavg": "DP-FedAvg", "centralized-dp": "centralized DP-SGD",
-             "local-only": "local-only"}
-    for ax, preset in zip(axes[0], presets, strict=True):
-        for method, (color, marker, ls) in styles.items():
-            ys = [table[preset][method].get(k) for k in keys]
-            ys = [math.nan if y is None else y for y in ys]
-            ax.plot(xs, ys, color=color, marker=marker, ls=ls, label=short[method])
-        majority = data["settings"]["configs"].get(preset, {}).get("majority_class_accuracy")
-        if majority is not None:
-            ax.axhline(majority, color="grey", ls="--", lw=0.8, label="majority class")
-        ax.set_xticks(xs, ["∞" if k == "inf" else k for k in keys])
-        ax.set_xlabel("ε (per client, δ=1e-5)")
-        ax.set_ylabel("test accuracy")
-        dataset = data["settings"]["configs"].get(preset, {}).get("dataset", preset)
-        ax.set_title(f"{dataset} (preset {preset})", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------ running
@@ -515,10 +176,6 @@ def plan(presets: list[str], epsilons: list[float], methods: list[str], seed: in
     return sorted(cells, key=lambda c: (-_COST[c["run"]], c["preset"] != "default"))
 
 
-def _cell_key(c: dict[str, Any]) -> tuple[str, str, str]:
-    return c["preset"], c["method"], c["epsilon_key"]
-
-
 def preset_settings(preset: str, sets: list[str]) -> dict[str, Any]:
     """The settings a cell depends on, and the test set's majority-class accuracy (the
     floor a classifier that learned nothing reaches)."""
@@ -578,10 +235,10 @@ def _print_table(data: dict[str, Any]) -> None:
     for preset, t in table.items():
         for method, cells in t.items():
             print(f"{preset:8} {method:16} "
-                  + " ".join(f"{_cell(cells.get(k)):>8}" for k in keys))
+                  + " ".join(f"{cell_text(cells.get(k)):>8}" for k in keys))
     t = data["targets"]
-    print(f"targets: within {GAP_POINTS:g} points at ε=8: {_verdict(t['fd_within_gap_at_8'])}; "
-          f"ahead of DP-FedAvg: {_verdict(t['fd_ahead_of_dp_fedavg'])}")
+    print(f"targets: within {GAP_POINTS:g} points at ε=8: {verdict(t['fd_within_gap_at_8'])}; "
+          f"ahead of DP-FedAvg: {verdict(t['fd_ahead_of_dp_fedavg'])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -647,8 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(device, torch_threads=1)
     print("environment:", json.dumps(env), flush=True)
     cells = plan(presets, epsilons, methods, args.seed, args.sets, device)
-    fresh = {_cell_key(c) for c in cells}
-    kept = [r for r in old.get("rows", []) if _cell_key(r) not in fresh]
+    fresh = {cell_key(c) for c in cells}
+    kept = [r for r in old.get("rows", []) if cell_key(r) not in fresh]
     all_presets = list(dict.fromkeys([*old.get("settings", {}).get("presets", []), *presets]))
     all_eps = sorted({*(settings_eps(old["settings"]) if old else ()), *epsilons})
     data: dict[str, Any] = {

@@ -208,9 +208,9 @@ def plot_communication(data: dict[str, Any], path: Path) -> None:
 def privacy_utility_section(results: dict[str, dict[str, Any]], plot_dir: Path | None,
                             plot_prefix: str = "") -> list[str]:
     """Benchmark 3, from ``privacy_utility.json`` and the FD rows of the preset files."""
-    from bench import privacy_utility
+    from bench import privacy_utility_page
 
-    return privacy_utility.section(results.get("privacy_utility"), results, plot_dir,
+    return privacy_utility_page.section(results.get("privacy_utility"), results, plot_dir,
                                    plot_prefix)
 
 

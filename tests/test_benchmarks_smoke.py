@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import communication, dp_cost, privacy_utility, render, scale, scale_page, scale_rows
+from bench import (
+    communication,
+    dp_cost,
+    privacy_utility_grid,
+    privacy_utility_page,
+    render,
+    scale,
+    scale_page,
+    scale_rows,
+)
 from common.distill.codec import encode_knowledge, payload_nbytes
 from simulations.proctree import TreeSampler
 
@@ -114,7 +123,7 @@ def test_privacy_utility_reads_fd_rows() -> None:
             _fd_row("non-private-fd", 8.0, 0.64, 0.66, dp=False),
             _fd_row("public-only", 8.0, 0.9, 0.9),
             _fd_row("fedavg", 8.0, 0.9, 0.9, dp=False)]
-    cells = privacy_utility.fd_cells(rows, "default", {"dataset": "rotten-tomatoes",
+    cells = privacy_utility_grid.fd_cells(rows, "default", {"dataset": "rotten-tomatoes",
                                                        "rounds": 5, "clients": 10}, 0)
     assert set(cells) == {"8", "inf"}
     assert cells["8"]["student_accuracy_mean"] == 0.62 and cells["8"]["teacher_accuracy"] == 0.63
@@ -127,8 +136,8 @@ def test_privacy_utility_targets() -> None:
     fd = {"rows": [_fd_row("federated-distillation", 8.0, 0.62, 0.63),
                    _fd_row("federated-distillation", 1.0, 0.56, 0.57),
                    _fd_row("non-private-fd", 8.0, 0.64, 0.66, dp=False)]}
-    table = privacy_utility.grid(data, {"default": fd})
-    t = privacy_utility.evaluate_targets(table)
+    table = privacy_utility_grid.grid(data, {"default": fd})
+    t = privacy_utility_grid.evaluate_targets(table)
     gap = t["per_preset"]["default"]["fd_within_gap_at_8"]
     assert gap["gap_points"] == pytest.approx(2.0) and gap["met"] is True
     assert t["fd_within_gap_at_8"] is True
@@ -137,10 +146,10 @@ def test_privacy_utility_targets() -> None:
     assert ahead["3"]["met"] is None and "inf" not in ahead  # FD at ε=3 not run
     assert t["fd_ahead_of_dp_fedavg"] is None
     fd["rows"].append(_fd_row("federated-distillation", 3.0, 0.59, 0.60))
-    t = privacy_utility.evaluate_targets(privacy_utility.grid(data, {"default": fd}))
+    t = privacy_utility_grid.evaluate_targets(privacy_utility_grid.grid(data, {"default": fd}))
     assert t["fd_ahead_of_dp_fedavg"] is False  # 0.59 < 0.60 at ε=3
     fd["rows"][-1] = _fd_row("federated-distillation", 8.0, 0.60, 0.6)  # rerun: last wins
-    t = privacy_utility.evaluate_targets(privacy_utility.grid(data, {"default": fd}))
+    t = privacy_utility_grid.evaluate_targets(privacy_utility_grid.grid(data, {"default": fd}))
     assert t["per_preset"]["default"]["fd_within_gap_at_8"]["gap_points"] == pytest.approx(4.0)
     assert t["fd_within_gap_at_8"] is False
 
@@ -173,13 +182,13 @@ def test_privacy_utility_borrows_results_py_baselines() -> None:
     data = _pu_data({"8": 0.61})  # own DP-FedAvg row at ε=8
     data["settings"]["configs"]["default"]["majority_class_accuracy"] = 0.583
     borrowed: set = set()
-    table = privacy_utility.grid(data, {"default": {"rows": rows}}, borrowed)
+    table = privacy_utility_grid.grid(data, {"default": {"rows": rows}}, borrowed)
     assert table["default"]["dp-fedavg"] == {"1": None, "3": None, "8": 0.61, "inf": 0.59}
     assert table["default"]["centralized-dp"]["inf"] == 0.73
     assert table["default"]["local-only"]["1"] == 0.51
     assert borrowed == {("default", "dp-fedavg", "inf"), ("default", "centralized-dp", "inf"),
                         ("default", "local-only", "1")}
-    text = "\n".join(privacy_utility.section(data, {"default": {"rows": rows}}, None))
+    text = "\n".join(privacy_utility_page.section(data, {"default": {"rows": rows}}, None))
     assert "| 0.730† |" in text and "| 0.610 |" in text
     assert "majority class" in text and "0.583 | 0.583 |" in text
 

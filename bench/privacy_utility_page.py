@@ -40,7 +40,7 @@ def section(data: dict[str, Any] | None, results: dict[str, dict[str, Any]],
     keys = [eps_key(e) for e in settings_eps(data["settings"])]
     head = " | ".join("ε=∞" if k == "inf" else f"ε={k}" for k in keys)
     own = [r for r in data.get("rows", []) if "accuracy" in r]
-    lines = [text("benchmarks/privacy_utility_method.md")]
+    lines = [text("BENCHMARKS/privacy_utility_method.md")]
     if own:
         lines += [f"Baselines run by this script: command `{data.get('command')}`, "
                   f"{data.get('wall_seconds', 0):.0f} s on {data['settings'].get('workers')} "

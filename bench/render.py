@@ -299,19 +299,19 @@ def _dp_cost_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
     """Benchmark 1: one block per CPU result file."""
     cpu = {k: v for k, v in _dp_runs(results).items()
            if v["environment"].get("device") == "cpu" and not v["settings"].get("quick")}
-    out = [] if cpu else [text("benchmarks/not_yet.md", what="run `python -m bench.dp_cost`.")]
+    out = [] if cpu else [text("BENCHMARKS/not_yet.md", what="run `python -m bench.dp_cost`.")]
     for name, data in sorted(cpu.items()):
         out += _source_lines(name, data)
         if data.get("notes"):
             out += [f"Note: {data['notes']}", ""]
         trainable = data["settings"].get("trainable", "all")
         if trainable != "all":
-            out += lines("benchmarks/trainable_note.md", trainable=trainable)
+            out += lines("BENCHMARKS/trainable_note.md", trainable=trainable)
         out += dp_cost_table(data) + [""] + dp_cost_target(data) + [""]
         if trainable == "all" and not (data.get("target") or {}).get("met", True):
-            out += [text("benchmarks/dp_why.md")]
+            out += [text("BENCHMARKS/dp_why.md")]
         if trainable == "all":
-            out += [text("benchmarks/dp_memory.md")]
+            out += [text("BENCHMARKS/dp_memory.md")]
         png = plot(f"bench_{name}.png", plot_dp_cost, data)
         if png:
             out += [f"![DP-SGD cost ratios]({png})", ""]
@@ -326,7 +326,7 @@ def _source_lines(name: str, data: dict[str, Any]) -> list[str]:
 def _communication_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
     """Benchmark 2: bytes per round, and the equal-accuracy bound of the real runs."""
     comm = {k: v for k, v in results.items() if v.get("benchmark") == "communication"}
-    out = [] if comm else [text("benchmarks/not_yet.md",
+    out = [] if comm else [text("BENCHMARKS/not_yet.md",
                                 what="run `python -m bench.communication`.")]
     for name, data in sorted(comm.items()):
         equal = equal_accuracy_lines(results)
@@ -341,7 +341,7 @@ def _gpu_block(results: dict[str, dict[str, Any]], plot: Any) -> list[str]:
     """Benchmark 6: the CUDA result files."""
     gpu = {k: v for k, v in _dp_runs(results).items()
            if v["environment"].get("device", "").startswith("cuda")}
-    out = [] if gpu else [text("benchmarks/no_gpu_yet.md")]
+    out = [] if gpu else [text("BENCHMARKS/no_gpu_yet.md")]
     for name, data in sorted(gpu.items()):
         out += _source_lines(name, data)
         out += dp_cost_table(data) + [""] + dp_cost_target(data) + [""]

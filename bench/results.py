@@ -109,7 +109,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"{c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
         lines.append("")
         if any(_pre_fix(row) for row in data["rows"]):
-            lines += page_lines("results/pre_fix_note.md")
+            lines += page_lines("RESULTS/pre_fix_note.md")
         lines += reference_lines(data["rows"])
         lines += contribution_table(data["rows"])
         lines += targets_table(preset, data["rows"])

@@ -191,7 +191,7 @@ def section(
     # each row keeps the command that measured it (runs merged with --merge)
     commands = list(dict.fromkeys(r.get("command") or data["command"] for r in data["rows"]))
     lines = [
-        text("benchmarks/scale_method.md"),
+        text("BENCHMARKS/scale_method.md"),
         f"Source: `bench/results/{name}.json`, rows measured by "
         + "; ".join(f"`{c}`" for c in commands)
         + f" ({data.get('wall_seconds', 0) / 60:.0f} min of runs in all).  ",

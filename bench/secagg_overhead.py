@@ -15,9 +15,9 @@ What is timed is the aggregation protocol of one round, side by side, in one pro
 Both arms deliver messages through ``simulations/inprocess.py`` (no network, no
 training): each client answers with the same fixed soft labels in both arms, so the
 difference is the protocol's computation. Over a network SecAgg+ also pays 4 round
-trips instead of 1 (../shared/notes/FLOWER.md measured a 2-node deployment round at
-37 s against 9.3 s). The error of the secure aggregate against the float64 weighted mean
-is reported too. Writes ``bench/results/secagg_overhead.json``.
+trips instead of 1 (../shared/notes/FLOWER.md measured a 2-node deployment round both
+ways; the page quotes it). The error of the secure aggregate against the float64
+weighted mean is reported too. Writes ``bench/results/secagg_overhead.json``.
 """
 
 from __future__ import annotations

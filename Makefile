@@ -33,26 +33,26 @@ clean:
 
 # Benchmarks (docs/BENCHMARKS.md): `make bench` reruns the CPU benchmarks (a few minutes)
 # and regenerates the page and its plots; `make bench-doc` only regenerates them from
-# benchmarks/results/*.json. The GPU benchmark runs elsewhere: benchmarks/run_gpu.sh.
+# bench/results/*.json. The GPU benchmark runs elsewhere: bench/run_gpu.sh.
 # `make bench-privacy-utility` reruns benchmark 3's baselines (24 cells; long on a small
-# CPU machine: benchmarks/run_privacy_utility.sh runs them on a GPU machine) and the page;
-# its federated-distillation cells come from benchmarks/results.py (see docs/BENCHMARKS.md).
+# CPU machine: bench/run_privacy_utility.sh runs them on a GPU machine) and the page;
+# its federated-distillation cells come from bench/results.py (see docs/BENCHMARKS.md).
 # `make bench-scale` reruns benchmark 4 (real simulations of 10, 100 and 1000 clients; about
 # an hour or more on a shared 2-core machine) and the page.
 .PHONY: bench bench-doc bench-privacy-utility bench-scale
 
 bench: $(STAMP)
-	$(PY) benchmarks/dp_cost.py
-	$(PY) benchmarks/communication.py
-	$(PY) benchmarks/render.py
+	$(PY) -m bench.dp_cost
+	$(PY) -m bench.communication
+	$(PY) -m bench.render
 
 bench-doc: $(STAMP)
-	$(PY) benchmarks/render.py
+	$(PY) -m bench.render
 
 bench-privacy-utility: $(STAMP)
-	$(PY) benchmarks/privacy_utility.py
-	$(PY) benchmarks/render.py
+	$(PY) -m bench.privacy_utility
+	$(PY) -m bench.render
 
 bench-scale: $(STAMP)
-	$(PY) benchmarks/scale.py
-	$(PY) benchmarks/render.py
+	$(PY) -m bench.scale
+	$(PY) -m bench.render

@@ -30,6 +30,7 @@ from rich.console import Console
 from common.config import FedConfig
 from common.device import resolve_device
 from common.errors import ConfigError
+from common.metrics import accuracy
 from common.models import build_model
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.planner import NoisePlan, plan_noise
@@ -54,12 +55,12 @@ def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -
     runner: Callable[..., dict[str, Any]] = {
         "centralized": _centralized,
         "centralized-dp": _centralized,
-        "local-only": _local_only,
+        "local-only": local_only,
         "fedavg": _fedavg,
         "dp-fedavg": _fedavg,
     }[name]
     result = runner(cfg, task, parts, dp=name in ("centralized-dp", "local-only", "dp-fedavg"))
-    summary = _summary(name, cfg, result, time.monotonic() - start)
+    summary = baseline_summary(name, cfg, result, time.monotonic() - start)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -74,7 +75,7 @@ def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module
 def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,
                         device: torch.device) -> tuple[float, np.ndarray]:
     probs = torch.softmax(predict_logits(model, task.test_x, device=device), dim=1).numpy()
-    return float((probs.argmax(1) == task.test_y.numpy()).mean()), probs
+    return accuracy(task.test_y.numpy(), probs), probs
 
 
 def _plan(cfg: FedConfig, n: int) -> NoisePlan:
@@ -125,8 +126,10 @@ def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ..
             "bytes_up": 0, "bytes_down": 0}
 
 
-def _local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
-                dp: bool) -> dict[str, Any]:
+def local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *,
+               dp: bool) -> dict[str, Any]:
+    """Each client alone on its partition, DP-SGD (or none); the mean of their test
+    predictions is the ensemble."""
     device = resolve_device(cfg.device)
     accs, eps, probs = {}, {}, []
     for k, part in enumerate(parts):
@@ -140,7 +143,7 @@ def _local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...
         accs[f"client-{k}"], p = _accuracy_and_probs(model, own, device)
         eps[f"client-{k}"] = _epsilon(cfg, plan) if dp else math.inf
         probs.append(p)
-    ensemble = float((np.mean(probs, axis=0).argmax(1) == task.test_y.numpy()).mean())
+    ensemble = accuracy(task.test_y.numpy(), np.mean(probs, axis=0))
     return {"student_accuracy": accs, "epsilon": eps, "ensemble_accuracy": ensemble,
             "bytes_up": 0, "bytes_down": 0}
 
@@ -187,7 +190,8 @@ def _weighted_average(states: list[dict[str, torch.Tensor]],
     return out
 
 
-def _summary(name: str, cfg: FedConfig, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+def baseline_summary(name: str, cfg: FedConfig, result: dict[str, Any],
+                     seconds: float) -> dict[str, Any]:
     accs = result["student_accuracy"]
     eps = result["epsilon"]
     finite = [e for e in eps.values() if math.isfinite(e)]

@@ -40,7 +40,8 @@ import tomli_w
 
 from common.crypto.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from common.errors import ConfigError, FedistillError
-from simulations.runner import app_dir, flower_env, last_error, stop_process_group
+from simulations.proctree import follow_run, stop_process_group, wait_healthy
+from simulations.runner import app_dir, flower_env, last_error
 
 FEDERATION = "fedistill"
 DEFAULT_PORT = 9092
@@ -278,26 +279,17 @@ class Coordinator:
         scheme = "https" if self.tls else "http"
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else False)
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DeploymentError(f"flower-superlink exited with {proc.returncode}: "
-                                      f"{_tail(log_path)}; see {log_path}")
-            try:
-                if httpx.get(f"{scheme}://{self.address}/health", timeout=2,
-                             verify=verify).is_success:
-                    return
-            except httpx.HTTPError as exc:
-                last = exc
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    raise DeploymentError(
-                        f"the SuperLink's certificate does not verify for {self.address} "
-                        f"({exc}); recreate it with `fedistill certs --hosts` naming "
-                        f"{connect_host(self.host)}.") from exc
-            time.sleep(0.3)
-        raise DeploymentError(f"flower-superlink did not answer on {self.address} within "
-                              f"{timeout}s ({last}); see {log_path}")
+
+        def refuse_bad_certificate(exc: httpx.HTTPError) -> None:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # waiting will not fix it
+                raise DeploymentError(
+                    f"the SuperLink's certificate does not verify for {self.address} "
+                    f"({exc}); recreate it with `fedistill certs --hosts` naming "
+                    f"{connect_host(self.host)}.") from exc
+
+        wait_healthy(proc, f"{scheme}://{self.address}/health", log_path,
+                     error=DeploymentError, timeout=timeout, verify=verify,
+                     on_http_error=refuse_bad_certificate)
 
 
 def _register(cmd: list[str], env: dict[str, str]) -> str:
@@ -323,25 +315,13 @@ def _register(cmd: list[str], env: dict[str, str]) -> str:
 
 def _follow_run(cmd: list[str], env: dict[str, str], out: Path, verbose: bool,
                 on_record: Callable[[dict[str, Any]], None] | None) -> None:
-    """Run ``flwr run --stream``; hand every new ``metrics.jsonl`` line to ``on_record``."""
+    """Run ``flwr run --stream`` to its end; the run must leave its ``summary.json``."""
     log_path = out / "flower.log"
-    metrics = out / "metrics.jsonl"
-    seen = -1  # the last round handed on; a resumed run shows its earlier rounds first
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=None if verbose else log_file,
-                                stderr=None if verbose else subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            while proc.poll() is None:
-                seen = _feed(metrics, seen, on_record)
-                time.sleep(0.5)
-            _feed(metrics, seen, on_record)
-        finally:
-            stop_process_group(proc)
-    if proc.returncode != 0 or not (out / "summary.json").exists():
+    code = follow_run(cmd, env, out, verbose=verbose, on_record=on_record,
+                      error=DeploymentError)
+    if code != 0 or not (out / "summary.json").exists():
         cause = _flower_cause(log_path)
-        raise DeploymentError(f"the run ended (flwr run exit {proc.returncode}) without "
+        raise DeploymentError(f"the run ended (flwr run exit {code}) without "
                               f"{out / 'summary.json'}" + (f": {cause}" if cause else "")
                               + f". Flower's log: {log_path}")
 
@@ -354,26 +334,6 @@ def _flower_cause(log_path: Path) -> str | None:
     coded = [ln.strip(" │|\t") for ln in log_path.read_text(errors="replace").splitlines()
              if "[code: " in ln]
     return coded[-1].strip() if coded else None
-
-
-def _lines(path: Path) -> list[str]:
-    return [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-
-
-def _feed(metrics: Path, seen: int, on_record: Callable[[dict[str, Any]], None] | None) -> int:
-    """Hand on records of rounds after ``seen``; by round, as a resume rewrites the file."""
-    for line in _lines(metrics):
-        record = json.loads(line)
-        if record.get("round", -1) > seen:
-            seen = record["round"]
-            if on_record is not None:
-                on_record(record)
-    return seen
-
-
-def _tail(path: Path, n: int = 3) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-    return " | ".join(lines[-n:])
 
 
 # ---------------------------------------------------------------- node

@@ -13,22 +13,20 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import tomli_w
 
 from common.config import FedConfig
 from common.data import shared_data_dir
 from common.errors import FedistillError
 from common.privacy.policy import POLICY_FILE, NodePolicy
+from simulations.proctree import follow_run, stop_process_group, wait_healthy
 
 FEDERATION = "fedistill-sim"
 
@@ -89,80 +87,10 @@ def simulation_superlink(out: Path, env: dict[str, str]) -> Iterator[int]:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_healthy(proc, port, log_path)
+        wait_healthy(proc, f"http://127.0.0.1:{port}/health", log_path, error=SimulationError)
         yield port
     finally:
         stop_process_group(proc)
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SimulationError(f"flower-superlink exited with {proc.returncode}; see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
-                return
-        time.sleep(0.3)
-    raise SimulationError(f"flower-superlink did not become healthy in {timeout}s; see {log_path}")
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, session id) of every process, read from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp sid
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
-def process_tree(root: int) -> set[int]:
-    """``root``, its descendants, and every process in a session one of them leads.
-
-    Flower's SuperExec starts Ray in a session of its own, and Ray's daemons outlive
-    their parent, so a process group alone misses them.
-    """
-    table = _proc_table()
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _) in table.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
-    sessions = {pid for pid in tree if table.get(pid, (0, 0))[1] == pid}
-    tree |= {pid for pid, (_, sid) in table.items() if sid in sessions}
-    return tree
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop ``proc`` and everything it started (by PID): SIGTERM, then SIGKILL."""
-    targets = process_tree(proc.pid) if proc.poll() is None else set()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in targets):
-            time.sleep(0.2)
-        if not any(_alive(p) for p in targets):
-            break
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is already dead
 
 
 def run_simulation(
@@ -192,7 +120,10 @@ def run_simulation(
                f"client-resources-num-gpus={num_gpus}")
         cmd = ["flwr", "run", str(app_dir()), FEDERATION, "--stream",
                "--run-config", str(run_config), "--federation-config", fed]
-        _run_and_follow(cmd, env, out, verbose, on_record, timeout)
+        code = follow_run(cmd, env, out, verbose=verbose, on_record=on_record,
+                          timeout=timeout, error=SimulationError)
+    if code != 0:
+        raise SimulationError(f"flwr run exited with {code}; see {out / 'flower.log'}")
     summary_path = out / "summary.json"
     if not summary_path.exists():
         cause = last_error(out / "flower.log")
@@ -219,32 +150,6 @@ def write_node_policies(cfg: FedConfig, out: Path) -> None:
             policy.save(state_dir)
 
 
-def _run_and_follow(cmd: list[str], env: dict[str, str], out: Path, verbose: bool,
-                    on_record: Callable[[dict[str, Any]], None] | None,
-                    timeout: float | None) -> None:
-    """Run ``flwr run``; feed each new ``metrics.jsonl`` line to ``on_record`` as it lands."""
-    log_path = out / "flower.log"
-    metrics = out / "metrics.jsonl"
-    seen = 0
-    deadline = time.monotonic() + timeout if timeout else None
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=None if verbose else log_file,
-                                stderr=None if verbose else subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            while proc.poll() is None:
-                seen = _feed(metrics, seen, on_record)
-                if deadline and time.monotonic() > deadline:
-                    raise SimulationError(f"the simulation ran past {timeout}s; see {log_path}")
-                time.sleep(0.5)
-            _feed(metrics, seen, on_record)
-        finally:
-            stop_process_group(proc)
-    if proc.returncode != 0:
-        raise SimulationError(f"flwr run exited with {proc.returncode}; see {log_path}")
-
-
 def last_error(log_path: Path) -> str | None:
     """The last ``SomeError: message`` line of Flower's log (the app's own exception)."""
     if not log_path.exists():
@@ -252,14 +157,3 @@ def last_error(log_path: Path) -> str | None:
     hits = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()
             if re.match(r"^[\w.]+(Error|Exception): ", ln.strip())]
     return hits[-1] if hits else None
-
-
-def _feed(metrics: Path, seen: int, on_record: Callable[[dict[str, Any]], None] | None) -> int:
-    if not metrics.exists():
-        return seen
-    lines = metrics.read_text().splitlines()
-    complete = [ln for ln in lines[seen:] if ln.strip()]
-    for line in complete:
-        if on_record is not None:
-            on_record(json.loads(line))
-    return seen + len(complete)

@@ -1,37 +1,31 @@
 """Smoke tests of the benchmark tooling: the byte arithmetic and the page renderer.
 
-Benchmarks are not tests: nothing here runs a benchmark or asserts anything about time.
-The modules are loaded by path because Opacus installs a top-level ``benchmarks`` package
-of its own into site-packages.
-"""
+Benchmarks are not tests: nothing here runs a benchmark or asserts anything about time."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from bench import (
+    communication,
+    dp_cost,
+    privacy_utility_grid,
+    privacy_utility_page,
+    render,
+    scale,
+    scale_page,
+    scale_rows,
+)
 from common.distill.codec import encode_knowledge, payload_nbytes
+from simulations.proctree import TreeSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}",
-                                                  ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-communication = _load("communication")
-render = _load("render")
 
 WEIGHTS = 451_202 * 4  # the tiny transformer student in float32
 
@@ -69,10 +63,9 @@ def _dp_rows() -> list[dict]:
 def test_render_tiny_results(tmp_path: Path) -> None:
     env = {"cpu_count": 2, "torch_threads": 1, "torch": "x", "opacus": "y", "flwr": "z",
            "device": "cpu", "python": "3"}
-    dp_module = _load("dp_cost")
     dp = {"benchmark": "dp_cost", "command": "c", "environment": env, "wall_seconds": 1,
           "settings": {"families": ["transformer"], "quick": False}, "rows": _dp_rows()}
-    dp["target"] = dp_module.evaluate_target(dp["rows"], dp_module.torch.device("cpu"))
+    dp["target"] = dp_cost.evaluate_target(dp["rows"], dp_cost.torch.device("cpu"))
     comm_rows = communication.communication_table(rows=20, num_classes=2, topk=2,
                                                   weight_bytes=WEIGHTS)
     comm = {"benchmark": "communication", "command": "c", "environment": env, "rows": comm_rows,
@@ -83,7 +76,7 @@ def test_render_tiny_results(tmp_path: Path) -> None:
     results.mkdir()
     (results / "dp_cost.json").write_text(json.dumps(dp))
     (results / "communication.json").write_text(json.dumps(comm))
-    (results / "default.json").write_text(json.dumps({"rows": []}))  # benchmarks/results.py
+    (results / "default.json").write_text(json.dumps({"rows": []}))  # bench/results.py
     doc = tmp_path / "docs" / "BENCHMARKS.md"
     render.main(["--results", str(results), "--doc", str(doc)])
     text = doc.read_text()
@@ -96,7 +89,6 @@ def test_render_tiny_results(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ privacy-utility
-privacy_utility = _load("privacy_utility")
 
 
 def _fd_row(method: str, budget: float, student: float, teacher: float, *, dp: bool = True,
@@ -131,7 +123,7 @@ def test_privacy_utility_reads_fd_rows() -> None:
             _fd_row("non-private-fd", 8.0, 0.64, 0.66, dp=False),
             _fd_row("public-only", 8.0, 0.9, 0.9),
             _fd_row("fedavg", 8.0, 0.9, 0.9, dp=False)]
-    cells = privacy_utility.fd_cells(rows, "default", {"dataset": "rotten-tomatoes",
+    cells = privacy_utility_grid.fd_cells(rows, "default", {"dataset": "rotten-tomatoes",
                                                        "rounds": 5, "clients": 10}, 0)
     assert set(cells) == {"8", "inf"}
     assert cells["8"]["student_accuracy_mean"] == 0.62 and cells["8"]["teacher_accuracy"] == 0.63
@@ -144,8 +136,8 @@ def test_privacy_utility_targets() -> None:
     fd = {"rows": [_fd_row("federated-distillation", 8.0, 0.62, 0.63),
                    _fd_row("federated-distillation", 1.0, 0.56, 0.57),
                    _fd_row("non-private-fd", 8.0, 0.64, 0.66, dp=False)]}
-    table = privacy_utility.grid(data, {"default": fd})
-    t = privacy_utility.evaluate_targets(table)
+    table = privacy_utility_grid.grid(data, {"default": fd})
+    t = privacy_utility_grid.evaluate_targets(table)
     gap = t["per_preset"]["default"]["fd_within_gap_at_8"]
     assert gap["gap_points"] == pytest.approx(2.0) and gap["met"] is True
     assert t["fd_within_gap_at_8"] is True
@@ -154,10 +146,10 @@ def test_privacy_utility_targets() -> None:
     assert ahead["3"]["met"] is None and "inf" not in ahead  # FD at ε=3 not run
     assert t["fd_ahead_of_dp_fedavg"] is None
     fd["rows"].append(_fd_row("federated-distillation", 3.0, 0.59, 0.60))
-    t = privacy_utility.evaluate_targets(privacy_utility.grid(data, {"default": fd}))
+    t = privacy_utility_grid.evaluate_targets(privacy_utility_grid.grid(data, {"default": fd}))
     assert t["fd_ahead_of_dp_fedavg"] is False  # 0.59 < 0.60 at ε=3
     fd["rows"][-1] = _fd_row("federated-distillation", 8.0, 0.60, 0.6)  # rerun: last wins
-    t = privacy_utility.evaluate_targets(privacy_utility.grid(data, {"default": fd}))
+    t = privacy_utility_grid.evaluate_targets(privacy_utility_grid.grid(data, {"default": fd}))
     assert t["per_preset"]["default"]["fd_within_gap_at_8"]["gap_points"] == pytest.approx(4.0)
     assert t["fd_within_gap_at_8"] is False
 
@@ -190,19 +182,18 @@ def test_privacy_utility_borrows_results_py_baselines() -> None:
     data = _pu_data({"8": 0.61})  # own DP-FedAvg row at ε=8
     data["settings"]["configs"]["default"]["majority_class_accuracy"] = 0.583
     borrowed: set = set()
-    table = privacy_utility.grid(data, {"default": {"rows": rows}}, borrowed)
+    table = privacy_utility_grid.grid(data, {"default": {"rows": rows}}, borrowed)
     assert table["default"]["dp-fedavg"] == {"1": None, "3": None, "8": 0.61, "inf": 0.59}
     assert table["default"]["centralized-dp"]["inf"] == 0.73
     assert table["default"]["local-only"]["1"] == 0.51
     assert borrowed == {("default", "dp-fedavg", "inf"), ("default", "centralized-dp", "inf"),
                         ("default", "local-only", "1")}
-    text = "\n".join(privacy_utility.section(data, {"default": {"rows": rows}}, None))
+    text = "\n".join(privacy_utility_page.section(data, {"default": {"rows": rows}}, None))
     assert "| 0.730† |" in text and "| 0.610 |" in text
     assert "majority class" in text and "0.583 | 0.583 |" in text
 
 
 # --------------------------------------------------------------------------- scale
-scale = _load("scale")
 
 
 def test_scale_sampler_sums_the_process_tree() -> None:
@@ -215,7 +206,7 @@ def test_scale_sampler_sums_the_process_tree() -> None:
     code = "import time; b = b\"x\" * (64 * 2**20); time.sleep(3)"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        sampler = scale.TreeSampler(interval=0.1)
+        sampler = TreeSampler(interval=0.1)
         with sampler:
             deadline = time.monotonic() + 10
             while sampler.peak_rss < 60 * 2**20 and time.monotonic() < deadline:
@@ -231,7 +222,7 @@ def test_scale_sampler_sums_the_process_tree() -> None:
     finally:
         child.kill()
         child.wait()
-    own = scale.TreeSampler(include_root=True)
+    own = TreeSampler(include_root=True)
     rss, pss, n = own.sample()
     assert n >= 1 and rss > 0 and os.getpid() in own.members()
 
@@ -255,7 +246,7 @@ def _scale_row(clients: int, batch: int, seconds: float, pss: float, rounds: int
               "by_kind": {"ray::ClientAppActor": {"peak_rss_mb": 900.0, "peak_pss_mb": 700.0,
                                                   "cpu_s": 50.0}},
               "load_average_1m": {"mean": 2.0, "max": 3.0}}
-    return scale.build_row(clients=clients, public_batch=batch, rounds=rounds,
+    return scale_rows.build_row(clients=clients, public_batch=batch, rounds=rounds,
                            records=_scale_records(rounds, seconds, clients), wall_s=60.0,
                            memory=memory, cpu_marks=marks)
 
@@ -270,24 +261,24 @@ def test_scale_rows_growth_and_target() -> None:
     assert row["server_engine_cpu_s_per_round"] == pytest.approx(5.0)
     one = _scale_row(1000, 100, 400.0, 2100.0, rounds=1)
     assert one["measured_rounds"] == [1] and one["s_per_round"] == 800.0  # round 1 only
-    rows = scale.merge_rows([_scale_row(100, 100, 1.0, 1.0)],
+    rows = scale_rows.merge_rows([_scale_row(100, 100, 1.0, 1.0)],
                             [_scale_row(100, 100, 40.0, 2050.0), one, row,
                              _scale_row(100, 2000, 160.0, 2100.0)])
     assert [(r["clients"], r["public_batch"]) for r in rows] == [
         (10, 100), (100, 100), (100, 2000), (1000, 100)]
-    g = scale.growth(rows, 100, 100)
+    g = scale_rows.growth(rows, 100, 100)
     assert [(s["from"], s["to"]) for s in g["steps"]] == [(10, 100), (100, 1000)]
     assert g["steps"][0]["time_x"] == 10.0 and g["steps"][0]["time_x_over_clients_x"] == 1.0
     assert g["public_batch"]["time_x"] == 4.0 and g["public_batch"]["batch_x"] == 20.0
     assert "time_fit" in g and "pss_fit" in g
-    target = scale.evaluate_target(rows, 24_000.0)
+    target = scale_rows.evaluate_target(rows, 24_000.0)
     assert target["met"] and "1,000 clients ran 1 round(s)" in target["detail"]
     failed = dict(one, ok=False, error="SimulationError: boom")
-    assert not scale.evaluate_target([row, failed], 24_000.0)["met"]
-    assert not scale.evaluate_target([row], 24_000.0)["met"]
-    assert scale.configurations([10, 100, 1000], [100, 2000], 100) == [
+    assert not scale_rows.evaluate_target([row, failed], 24_000.0)["met"]
+    assert not scale_rows.evaluate_target([row], 24_000.0)["met"]
+    assert scale_rows.configurations([10, 100, 1000], [100, 2000], 100) == [
         (10, 100), (100, 100), (100, 2000), (1000, 100)]
-    assert "yes" in scale.format_row(row) and scale.rounds_for(1000, 2, 1000, 1) == 1
+    assert "yes" in scale_rows.format_row(row) and scale.rounds_for(1000, 2, 1000, 1) == 1
 
 
 def test_scale_renders_into_the_page(tmp_path: Path) -> None:
@@ -295,10 +286,10 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
             _scale_row(100, 2000, 160.0, 2100.0), _scale_row(1000, 100, 400.0, 2100.0, 1)]
     env = {"cpu_count": 2, "memory_total_mb": 24_000, "torch": "x", "opacus": "y",
            "flwr": "z", "python": "3", "niceness": 10}
-    data = {"benchmark": "scale", "command": "python benchmarks/scale.py", "environment": env,
+    data = {"benchmark": "scale", "command": "python -m bench.scale", "environment": env,
             "settings": {"base_public_batch": 100, "batch_clients": 100, "quick": False},
-            "rows": rows, "growth": scale.growth(rows, 100, 100),
-            "target": scale.evaluate_target(rows, 24_000.0), "wall_seconds": 600}
+            "rows": rows, "growth": scale_rows.growth(rows, 100, 100),
+            "target": scale_rows.evaluate_target(rows, 24_000.0), "wall_seconds": 600}
     results = tmp_path / "results"
     results.mkdir()
     (results / "scale.json").write_text(json.dumps(data))
@@ -309,26 +300,23 @@ def test_scale_renders_into_the_page(tmp_path: Path) -> None:
     assert "Target met: yes" in text and "10 → 100 clients (×10)" in text
     assert (doc.parent / "bench_scale.png").stat().st_size > 0
     quick = dict(data, settings=dict(data["settings"], quick=True))
-    assert "Not yet measured" in "\n".join(scale.section(quick, None))
+    assert "Not yet measured" in "\n".join(scale_page.section(quick, None))
 
 
 def test_dp_cost_trainer_with_the_head_trainable_steps_only_the_head() -> None:
     """--trainable head: every mode trains the same parameters (the clients' DP step)."""
     import torch
 
-    dp_module = _load("dp_cost")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randint(3, 6000, (32, 40), generator=gen), torch.randint(0, 2, (32,))
     for mode in ("non-private", "hooks", "ghost"):
-        trainer = dp_module.build_trainer("transformer", mode, 8, x, y, torch.device("cpu"),
+        trainer = dp_cost.build_trainer("transformer", mode, 8, x, y, torch.device("cpu"),
                                           trainable="head")
         assert trainer.params == 130  # the head of the tiny student (64 x 2 + 2)
         trainer.step(x[:8], y[:8])
 
 
 def test_uplink_at_equal_accuracy_is_a_bound_from_the_real_runs() -> None:
-    render = _load("render")
-
     def row(method: str, acc: float, up: int, budget: float = 8.0) -> dict:
         return {"method": method, "seed": 0, "privacy": {"budget": budget},
                 "final": {"student_accuracy_mean": acc}, "communication": {"bytes_up": up}}

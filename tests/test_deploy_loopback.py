@@ -39,7 +39,8 @@ import torch
 
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.ledger import PrivacyLedger
-from simulations.runner import free_port, process_tree, stop_process_group
+from simulations.proctree import process_tree, stop_process_group
+from simulations.runner import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,12 +30,12 @@ from common.errors import ConfigError, DataError
 from simulations.cli import app
 from simulations.deploy import (
     TlsFiles,
-    _feed,
     check_node_key,
     node_config_string,
     superlink_command,
     supernode_command,
 )
+from simulations.proctree import feed_records
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +154,11 @@ def test_feed_hands_on_each_round_once_even_after_a_rewrite(tmp_path: Path) -> N
     path = tmp_path / "metrics.jsonl"
     seen: list[int] = []
     path.write_text("".join(json.dumps({"round": r}) + "\n" for r in (0, 1)))
-    last = _feed(path, -1, lambda r: seen.append(r["round"]))
+    last = feed_records(path, -1, lambda r: seen.append(r["round"]))
     path.write_text(json.dumps({"round": 0}) + "\n")  # a resume rewrites the file
-    last = _feed(path, last, lambda r: seen.append(r["round"]))
+    last = feed_records(path, last, lambda r: seen.append(r["round"]))
     path.write_text("".join(json.dumps({"round": r}) + "\n" for r in (0, 1, 2)))
-    _feed(path, last, lambda r: seen.append(r["round"]))
+    feed_records(path, last, lambda r: seen.append(r["round"]))
     assert seen == [0, 1, 2]
 
 

@@ -34,8 +34,8 @@ def test_the_summary_table_shows_the_reference_row():
 
 
 def test_the_stdlib_topic_folder_is_a_four_class_dataset(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stdlib_topics.py"),
-                    str(tmp_path / "topics")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "bench.stdlib_topics", str(tmp_path / "topics")],
+                   check=True, capture_output=True, cwd=ROOT)
     roles = load_dataset(str(tmp_path / "topics"), seed=0)
     assert roles.num_classes == 4
     assert len(roles.private.texts) > 500 and len(roles.teacher.texts) > 100

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.results import contribution_table, mean_interval, private_contribution  # noqa: E402
+from bench.results import contribution_table, mean_interval, private_contribution
 
 
 def _row(method: str, seed: int, budget: float, teacher: float) -> dict:
@@ -47,7 +45,7 @@ def test_no_public_only_rows_no_table() -> None:
 
 
 def test_recipes_section_renders_every_recipes_file(tmp_path: Path) -> None:
-    from benchmarks.results import recipes_section
+    from bench.results import recipes_section
 
     run = {"seed": 0, "epsilon": 8.0, "dataset": "rotten-tomatoes", "clients": 2,
            "partition_sizes": [3346, 3346],

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from simulations.runner import _alive, flower_env, process_tree, stop_process_group
+from simulations.proctree import alive, process_tree, stop_process_group
+from simulations.runner import flower_env
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -40,7 +41,7 @@ def test_stop_process_group_stops_children_in_their_own_session() -> None:
             subprocess.run(["sleep", "0.1"], check=True)
         assert len(tree) >= 2, tree
         stop_process_group(proc, grace=5)
-        assert not any(_alive(pid) for pid in tree)
+        assert not any(alive(pid) for pid in tree)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -714,6 +714,8 @@ def audit_ledgers(
 
 
 def keys_for(paths: Sequence[Path], public_keys: Sequence[Path] | None) -> list[Path | None]:
+    """The ``--public-key`` to check each ledger with: none given (None each: the ledger's
+    own ledger_key.pub), one for all, or one per ledger in order."""
     if not public_keys:
         return [None] * len(paths)
     for key in public_keys:

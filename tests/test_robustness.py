@@ -1,4 +1,4 @@
-"""The robustness harness (simulations/robustness.py) without launching Flower."""
+"""The robustness harness (simulations/robustness/) without launching Flower."""
 
 from __future__ import annotations
 
@@ -13,22 +13,23 @@ import torch
 
 from client.attacks import poison
 from common.config import FedConfig
-from simulations.robustness import (
+from simulations.robustness.harness import finished_run_seconds, run_robustness
+from simulations.robustness.page import render_markdown
+from simulations.robustness.replay import (
     NO_ATTACK,
     Cell,
-    best_robust_rule,
     cell_grid,
     default_rules,
-    finished_run_seconds,
     malicious_mask,
     poison_replies,
-    render_markdown,
     replay,
+    teacher_scores,
+)
+from simulations.robustness.verdict import (
+    best_robust_rule,
     replay_verdict,
-    run_robustness,
     strongest_attack,
     target_check,
-    teacher_scores,
 )
 
 POS = [
@@ -435,7 +436,7 @@ def test_confirm_runs_the_mean_and_the_best_rule_and_checks_the_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--confirm without Flower: each "real run" writes the metrics a run would."""
-    import simulations.robustness as rb
+    import simulations.robustness.harness as rb
 
     cfg, run_dir, recorded = _tiny_run(tmp_path)
     final = {"mean": recorded[-1] - 0.2, "median": recorded[-1] - 0.01}
@@ -566,7 +567,7 @@ def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--confirm-attacks: the replay's strongest attack is not always the real one."""
-    import simulations.robustness as rb
+    import simulations.robustness.harness as rb
 
     cfg, run_dir, recorded = _tiny_run(tmp_path)
     clean = recorded[-1]

@@ -14,7 +14,7 @@ import torch
 from client.attacks import poison
 from common.config import FedConfig
 from simulations.robustness.harness import finished_run_seconds, run_robustness
-from simulations.robustness.page import render_markdown
+from simulations.robustness.page import _confirm_lines, render_markdown
 from simulations.robustness.replay import (
     NO_ATTACK,
     Cell,
@@ -624,5 +624,5 @@ def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_
     assert [c["attack"] for c in confirm["per_attack"]] == ["collude", "flip"]
     assert not confirm["per_attack"][0]["check"]["met"]  # the mean held under collude
     assert confirm["attack"] == "flip" and confirm["check"]["met"]
-    text = rb._confirm_lines(confirm, "tiny")
+    text = _confirm_lines(confirm, "tiny")
     assert any("Strongest attack in the real pipeline" in line and "flip" in line for line in text)

@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 import torch
 
-from client.attacks import poison
+from client.attacks import attack_seed, poison
 from common.config import FedConfig
 from simulations.robustness.harness import finished_run_seconds, run_robustness
 from simulations.robustness.page import _confirm_lines, render_markdown
@@ -86,8 +86,9 @@ def test_poison_replaces_exactly_the_malicious_replies_as_a_client_does(attack: 
     mask = malicious_mask(ids, 10, 0.3)
     out = poison_replies(probs, mask, attack, rnd=2, seed=5, encoding="float32", topk=2)
     assert np.array_equal(out[~mask], probs[~mask])
-    for k in np.flatnonzero(mask):  # same seed as client/app.py: seed * 1000 + round
-        np.testing.assert_allclose(out[k], poison(probs[k], attack, seed=5002), atol=1e-6)
+    for k in np.flatnonzero(mask):  # the seed of the client's own attack (attack_mod)
+        np.testing.assert_allclose(out[k], poison(probs[k], attack, seed=attack_seed(5, 2)),
+                                   atol=1e-6)
     assert probs.shape == out.shape and np.allclose(out.sum(axis=2), 1, atol=1e-5)
 
 
@@ -95,7 +96,7 @@ def test_poison_goes_through_the_wire_encoding() -> None:
     probs = _probs(4, 20)
     mask = np.array([True, False, False, False])
     out = poison_replies(probs, mask, "noise", rnd=1, seed=0, encoding="float16", topk=2)
-    exact = poison(probs[0], "noise", seed=1)
+    exact = poison(probs[0], "noise", seed=attack_seed(0, 1))
     assert not np.array_equal(out[0], exact)  # float16-rounded, as the coordinator decodes it
     np.testing.assert_allclose(out[0], exact, atol=2e-3)
 

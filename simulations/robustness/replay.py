@@ -139,21 +139,20 @@ def poison_replies(
 ) -> np.ndarray:
     """Honest replies (K, m, C) with the masked ones poisoned as a malicious client does.
 
-    Same seed as client/app.py (``seed * 1000 + round``) and the same trip through the
-    wire encoding, so the coordinator sees what it would have decoded.
+    The client's own attack sequence (:func:`client.attacks.attacked_payload`: same seed,
+    same wire encoding), decoded, so the coordinator sees what it would have decoded.
     """
-    from client.attacks import poison
-    from common.distill.codec import decode_knowledge, encode_knowledge
+    from client.attacks import attacked_payload, wire_encoder
+    from common.distill.codec import decode_knowledge
 
     out = probs.copy()
     if attack == NO_ATTACK:
         return out
     _, m, c = probs.shape
+    encode = wire_encoder(encoding, topk)
     for k in np.flatnonzero(mask):
-        bad = poison(probs[k], attack, seed=seed * 1000 + rnd)
-        out[k] = decode_knowledge(
-            encode_knowledge(bad, encoding, topk=topk), encoding, num_rows=m, num_classes=c
-        )
+        sent = attacked_payload(probs[k], attack, seed=seed, rnd=rnd, encode=encode)
+        out[k] = decode_knowledge(sent, encoding, num_rows=m, num_classes=c)
     return out
 
 

@@ -24,11 +24,12 @@ from flwr.app import Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from client.attacks import FAULTS, POISONING, corrupt, is_malicious, poison
+from client.attacks import attack_mod
+from client.errors import NodeRoundFailed
 from client.private_data import load_private_dir
 from client.state import ClientState
 from common.config import FedConfig
@@ -48,17 +49,13 @@ from common.privacy.policy import NodePolicy, Refusal
 from common.privacy.secrets import DpSeeds
 from common.protocol import (
     FITINS_PARAMETERS,
-    KNOWLEDGE,
-    PUBLIC,
-    ROUND,
     LedgerHead,
     ReplyMeta,
     RoundPlan,
-    from_array_record,
     plain_reply,
+    read_instructions,
     refusal_record,
     released_count,
-    unpack_secure_instructions,
 )
 from common.task import (
     PreparedTask,
@@ -80,7 +77,9 @@ def _secaggplus_when_asked(msg: Message, context: Context, call_next: ClientAppC
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[_secaggplus_when_asked])
+# attack_mod sits inside the SecAgg+ mod: a malicious client's reply is attacked before
+# it is masked; it passes every message through unless the run config asks for an attack.
+app = ClientApp(mods=[_secaggplus_when_asked, attack_mod])
 
 
 @dataclass(frozen=True)
@@ -105,14 +104,6 @@ class NodeSettings:
                    Path(str(data_dir)).expanduser() if data_dir else None)
 
 
-class NodeRoundFailed(RuntimeError):
-    """What the coordinator learns of a failed round: a reason code, never the text.
-
-    Exception text can quote private data (a label value, a column name, a path); the full
-    traceback stays in this node's own log.
-    """
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of federated distillation on this client (plain or under SecAgg+)."""
@@ -124,10 +115,9 @@ def train(msg: Message, context: Context) -> Message:
         if not secure and node.policy.require_secure_aggregation:
             raise PolicyRefusal(Refusal.UNMASKED, "this node answers only rounds under "
                                 "SecAgg+ (its policy: require-secure-aggregation = true)")
-        plan, indices, knowledge = _instructions(msg, secure)
+        plan, indices, knowledge = read_instructions(msg.content)
         result = _client_round(cfg, node, plan, indices, knowledge)
-        content = (_secure_reply(cfg, node, result) if secure
-                   else _plain_reply(cfg, node, result))
+        content = _secure_reply(cfg, result) if secure else _plain_reply(cfg, result)
     except PolicyRefusal as exc:
         log.warning("client-%s refuses the round: %s", node.partition_id, exc)
         return Message(refusal_record(exc.code), reply_to=msg)
@@ -136,18 +126,6 @@ def train(msg: Message, context: Context) -> Message:
                       node.partition_id, Refusal.FAILED)
         raise NodeRoundFailed(Refusal.FAILED) from None
     return Message(content, reply_to=msg)
-
-
-def _instructions(msg: Message,
-                  secure: bool) -> tuple[RoundPlan, np.ndarray, dict[str, np.ndarray]]:
-    """The round plan, the public indices and the teacher's knowledge, plain or secure."""
-    if secure:  # the legacy FitIns that secaggplus_mod needs (common/protocol.py)
-        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-        return unpack_secure_instructions(parameters_to_ndarrays(fitins.parameters),
-                                          fitins.config)
-    return (RoundPlan.from_record(msg.content.config_records[ROUND]),
-            from_array_record(msg.content, PUBLIC)["indices"],
-            from_array_record(msg.content, KNOWLEDGE))
 
 
 @dataclass(frozen=True)
@@ -232,44 +210,28 @@ def _meta(result: RoundResult) -> ReplyMeta:
     )
 
 
-def _plain_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
+def _plain_reply(cfg: FedConfig, result: RoundResult) -> RecordDict:
     """The soft labels as encoded arrays, with metrics: the coordinator sees each reply."""
     test = (None if result.test_probs is None
             else encode_knowledge(result.test_probs, "float16"))
-    return plain_reply(_meta(result), _encode_reply(cfg, node, result.probs, result.round),
-                       test)
+    return plain_reply(_meta(result),
+                       encode_knowledge(result.probs, cfg.encoding, topk=cfg.topk), test)
 
 
-def _secure_reply(cfg: FedConfig, node: NodeSettings, result: RoundResult) -> RecordDict:
+def _secure_reply(cfg: FedConfig, result: RoundResult) -> RecordDict:
     """A FitRes for secaggplus_mod to mask: only the sum of these arrays is ever seen.
 
     Its weight is the bucketed count (1 unless the rule is the weighted mean), capped at
     ``secagg-max-weight`` so the masked sum cannot overflow; it and the metadata stay
     visible.
     """
-    probs = _attacked(cfg, node, result.probs, result.round)
-    arrays = [probs.astype(np.float64).reshape(-1)]
+    arrays = [result.probs.astype(np.float64).reshape(-1)]
     if result.test_probs is not None:
         arrays.append(result.test_probs.astype(np.float64).reshape(-1))
     meta = _meta(result)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays),
                     min(meta.weight, cfg.secagg_max_weight), meta.flat())
     return compat.fitres_to_recorddict(fitres, keep_input=True)
-
-
-def _attacked(cfg: FedConfig, node: NodeSettings, probs: np.ndarray, rnd: int) -> np.ndarray:
-    """A malicious client's secure reply: poisoned, or malformed (nan, shape), or raising."""
-    malicious = is_malicious(node.partition_id, node.num_partitions, cfg.attack_fraction)
-    attack = cfg.attack if malicious else "none"
-    if attack in POISONING:
-        return poison(probs, attack, seed=cfg.seed * 1000 + rnd)
-    if attack == "raise":
-        corrupt({}, attack)  # raises InjectedFault: this client drops out mid-round
-    if attack == "nan":
-        return np.full_like(probs, np.nan)
-    if attack == "shape":
-        return probs[:-1]
-    return probs
 
 
 def _private_data(cfg: FedConfig, node: NodeSettings,
@@ -284,17 +246,6 @@ def _private_data(cfg: FedConfig, node: NodeSettings,
     part = client_partitions(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len,
                              node.num_partitions, cfg.partition, cfg.alpha)[node.partition_id]
     return task.private_x[part], task.private_y[part]
-
-
-def _encode_reply(cfg: FedConfig, node: NodeSettings, probs: np.ndarray,
-                  rnd: int) -> dict[str, np.ndarray]:
-    """Encode the soft labels; a client configured as an attacker poisons or corrupts them."""
-    malicious = is_malicious(node.partition_id, node.num_partitions, cfg.attack_fraction)
-    attack = cfg.attack if malicious else "none"
-    if attack in POISONING:
-        probs = poison(probs, attack, seed=cfg.seed * 1000 + rnd)
-    knowledge = encode_knowledge(probs, cfg.encoding, topk=cfg.topk)
-    return corrupt(knowledge, attack) if attack in FAULTS else knowledge
 
 
 def _student_config(cfg: FedConfig, task: PreparedTask, family: str) -> ModelConfig:

@@ -5,13 +5,39 @@ replaces its honest soft labels with one of these. Poisoning attacks return vali
 probabilities (they pass validation and must be bounded by robust aggregation);
 faults return malformed payloads or raise (they must be rejected with a reason while the
 round goes on).
+
+:func:`attacked_payload` is the one attack sequence (poison, encode, then corrupt or
+raise); :func:`attack_mod` applies it to a simulated client's reply, plain or before
+SecAgg+ masks it, and the robustness replay (simulations/robustness/) applies it to
+recorded honest replies, so both attack the same way with the same seed.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import logging
+from collections.abc import Callable
 
-from common.config import ATTACKS
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+
+from client.errors import NodeRoundFailed
+from common.config import ATTACKS, FedConfig
+from common.distill.codec import decode_knowledge, encode_knowledge
+from common.privacy.policy import Refusal
+from common.protocol import (
+    FITRES_PARAMETERS,
+    SOFT_LABELS,
+    TEST_SOFT_LABELS,
+    from_array_record,
+    parse_plain_meta,
+    plain_reply,
+    read_instructions,
+)
+
+log = logging.getLogger(__name__)
 
 POISONING = ATTACKS[1:5]  # flip, noise, wrong-onehot, collude
 FAULTS = ATTACKS[5:]  # nan, shape, raise
@@ -51,3 +77,104 @@ def corrupt(arrays: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
     if kind == "shape":
         return {k: v[:-1] for k, v in arrays.items()}
     raise ValueError(f"{kind!r} is not a fault; choose one of {FAULTS}")
+
+
+def attack_seed(seed: int, rnd: int) -> int:
+    """The poisoning seed of a round: public (from the run's seed), the same for every
+    malicious client, so colluders draw alike and a replay redraws what a run drew."""
+    return seed * 1000 + rnd
+
+
+Encoder = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def attacked_payload(probs: np.ndarray, attack: str, *, seed: int, rnd: int,
+                     encode: Encoder) -> dict[str, np.ndarray]:
+    """What a client running ``attack`` sends for its soft labels ``probs`` (m, C).
+
+    Poisoning replaces the labels before ``encode``; a fault corrupts the encoded payload
+    (or raises :class:`InjectedFault`); ``"none"`` sends the honest encoding.
+    """
+    if attack in POISONING:
+        probs = poison(probs, attack, seed=attack_seed(seed, rnd))
+    payload = encode(probs)
+    return corrupt(payload, attack) if attack in FAULTS else payload
+
+
+def wire_encoder(encoding: str, topk: int) -> Encoder:
+    """The plain reply's encoding of soft labels (common/distill/codec.py)."""
+    return lambda probs: encode_knowledge(probs, encoding, topk=topk)
+
+
+def attack_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A Flower client mod: a malicious client attacks the reply its ClientApp produced.
+
+    Listed inside secaggplus_mod, so a secure reply is attacked before it is masked. It
+    passes every message through unchanged unless the run config names an attack and
+    this node is one of the first ``attack-fraction`` partitions (:func:`is_malicious`).
+    """
+    cfg = FedConfig.from_mapping(context.run_config)
+    attack = _attack_of(context, cfg)
+    if attack == "none" or not msg.has_content():
+        return call_next(msg, context)
+    reply = call_next(msg, context)
+    records = reply.content.array_records if reply.has_content() else {}
+    attack_reply = (_attack_secure if FITRES_PARAMETERS in records
+                    else _attack_plain if SOFT_LABELS in records
+                    else None)  # a refusal: nothing to attack
+    if attack_reply is None:
+        return reply
+    plan, indices, _ = read_instructions(msg.content)
+    try:
+        content = attack_reply(reply.content, attack, cfg, plan.round, len(indices))
+    except InjectedFault:
+        log.exception("the round fails on purpose; the coordinator gets only the code %r",
+                      Refusal.FAILED)
+        raise NodeRoundFailed(Refusal.FAILED) from None
+    return Message(content, reply_to=msg)
+
+
+def _attack_of(context: Context, cfg: FedConfig) -> str:
+    """The run's attack if this node is a malicious one, else ``"none"``."""
+    if cfg.attack == "none":
+        return cfg.attack
+    nc = context.node_config
+    num_partitions = int(nc.get("num-partitions", cfg.num_clients))
+    malicious = is_malicious(int(nc.get("partition-id", 0)), num_partitions,
+                             cfg.attack_fraction)
+    return cfg.attack if malicious else "none"
+
+
+def _attack_plain(content: RecordDict, attack: str, cfg: FedConfig, rnd: int,
+                  rows: int) -> RecordDict:
+    """Parse the plain reply, attack its soft labels, build it again."""
+    encoded = from_array_record(content, SOFT_LABELS)
+    test = (from_array_record(content, TEST_SOFT_LABELS)
+            if TEST_SOFT_LABELS in content.array_records else None)
+    probs = decode_knowledge(encoded, cfg.encoding, num_rows=rows,
+                             num_classes=_num_classes(cfg, encoded))
+    payload = attacked_payload(probs, attack, seed=cfg.seed, rnd=rnd,
+                               encode=wire_encoder(cfg.encoding, cfg.topk))
+    return plain_reply(parse_plain_meta(content), payload, test)
+
+
+def _attack_secure(content: RecordDict, attack: str, cfg: FedConfig, rnd: int,
+                   rows: int) -> RecordDict:
+    """Attack the first array of the FitRes (the soft labels, flat) before masking."""
+    fitres = compat.recorddict_to_fitres(content, keep_input=True)
+    first, *rest = parameters_to_ndarrays(fitres.parameters)
+    payload = attacked_payload(first.reshape(rows, -1), attack, seed=cfg.seed, rnd=rnd,
+                               encode=lambda probs: {"probs": probs})
+    arrays = [payload["probs"].astype(np.float64).reshape(-1), *rest]
+    attacked = FitRes(fitres.status, ndarrays_to_parameters(arrays), fitres.num_examples,
+                      fitres.metrics)
+    return compat.fitres_to_recorddict(attacked, keep_input=True)
+
+
+def _num_classes(cfg: FedConfig, encoded: dict[str, np.ndarray]) -> int:
+    """C of the encoded soft labels: their width, or the task's where topk hides it."""
+    if cfg.encoding != "topk":  # (m, C) probabilities or int8 codes
+        return int(encoded["codes" if cfg.encoding == "int8" else "probs"].shape[1])
+    from common.task import prepare_task  # cached: the ClientApp just prepared it
+
+    return prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len).num_classes

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
 
 from common.errors import KnowledgeError
 
@@ -270,6 +272,7 @@ def _metric_record(content: RecordDict) -> Mapping[str, object]:
 # reply's parameters are [soft labels on the public batch (m*C,), and in evaluate rounds
 # on the test set (n*C,)], its metrics ReplyMeta.flat() (visible: SecAgg+ masks only arrays).
 FITINS_PARAMETERS = "fitins.parameters"
+FITRES_PARAMETERS = "fitres.parameters"  # the FitRes record of a secure reply
 
 
 def pack_secure_instructions(
@@ -291,3 +294,15 @@ def unpack_secure_instructions(
         raise KnowledgeError(f"secure instructions carry {len(parameters)} arrays, expected "
                              f"{1 + len(keys)} (indices and {keys})")
     return plan, parameters[0], dict(zip(keys, parameters[1:], strict=True))
+
+
+def read_instructions(content: RecordDict) -> tuple[RoundPlan, np.ndarray, dict[str, np.ndarray]]:
+    """The round plan, the public indices and the teacher's knowledge of an instruction,
+    plain or secure (the legacy FitIns that secaggplus_mod needs)."""
+    if FITINS_PARAMETERS in content.array_records:
+        fitins = compat.recorddict_to_fitins(content, keep_input=True)
+        return unpack_secure_instructions(parameters_to_ndarrays(fitins.parameters),
+                                          fitins.config)
+    return (RoundPlan.from_record(content.config_records[ROUND]),
+            from_array_record(content, PUBLIC)["indices"],
+            from_array_record(content, KNOWLEDGE))

@@ -89,7 +89,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Resuming run %s after round %s from %s", run_id, ckpt.round, ckpt_path)
     else:
         initial = _initial_teacher(cfg, task, teacher, device)
-        if cfg.save_replies:  # the starting point of a replay (simulations/robustness.py)
+        if cfg.save_replies:  # the starting point of a replay (simulations/robustness/)
             torch.save(teacher.state_dict(), out / "teacher-round0.pt")
         run_id, start, history = str(context.run_id), 1, [initial]
         append_metrics(out, initial)

@@ -25,7 +25,7 @@ def save_round_replies(out: Path, rnd: int, indices: np.ndarray, probs: Sequence
                        counts: Sequence[int], client_ids: Sequence[str]) -> Path:
     """Keep one round's decoded replies (``save-replies``) for replaying its aggregation.
 
-    The robustness harness (simulations/robustness.py) replays these honest replies with
+    The robustness harness (simulations/robustness/) replays these honest replies with
     attackers and rules of its choice. Plain mode only: under secure aggregation the
     coordinator never holds a single client's soft labels.
     """

@@ -100,7 +100,7 @@ def verify_command(
     mismatch with the coordinator's heads), 2 on bad usage or unreadable input.
     """
     from simulations.ledger_audit import (
-        _keys_for,
+        keys_for,
         load_coordinator_metrics,
         resolve_ledgers,
         verify_findings,
@@ -110,7 +110,7 @@ def verify_command(
 
     try:
         paths = resolve_ledgers(ledgers)
-        keys = _keys_for(paths, public_key)
+        keys = keys_for(paths, public_key)
         heads = None if coordinator_metrics is None else load_coordinator_metrics(
             coordinator_metrics)
     except FedistillError as exc:

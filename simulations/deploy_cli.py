@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from common.errors import ConfigError
 from common.privacy.policy import NodePolicy
+from simulations.cli_common import console, describe, fresh_out_dir, resolve_config
 
-console = Console()
+deploy_app = typer.Typer()
 
 Preset = Annotated[str | None, typer.Option(help="A preset in simulations/presets.")]
 ConfigFile = Annotated[Path | None, typer.Option(help="A TOML file of run-config keys.")]
@@ -31,6 +31,7 @@ Insecure = Annotated[bool, typer.Option(
     "--insecure", help="Plaintext, no node authentication (debugging on loopback only).")]
 
 
+@deploy_app.command()
 def certs(
     out: Annotated[Path, typer.Option(help="Directory for the CA, SuperLink cert, node keys.")],
     hosts: Annotated[str, typer.Option(
@@ -68,6 +69,7 @@ def _copy_to(name: str) -> str:
     return f"node {name} only"
 
 
+@deploy_app.command()
 def coordinator(
     certs: Annotated[Path | None, typer.Option(
         help="A `fedistill certs` directory (ca.crt, superlink.crt/.key, nodes/*.pub).")] = None,
@@ -87,7 +89,6 @@ def coordinator(
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log.")] = False,
 ) -> None:
     """Start the SuperLink (TLS + node auth), register node keys, run the app to its end."""
-    from simulations.cli import resolve_config
     from simulations.deploy import Coordinator, TlsFiles
 
     if preset and config:
@@ -162,8 +163,6 @@ def _prepare_run_dir(run_dir: Path, run_config: dict[str, Any], fresh: bool) -> 
     """Resume a crashed run (same config) or start a fresh one; the last round done or None."""
     import tomli_w
 
-    from simulations.cli import _fresh_out_dir
-
     config_path = run_dir / "run_config.toml"
     if not fresh and (run_dir / "checkpoint.pt").exists() and config_path.exists():
         if (run_dir / "summary.json").exists():
@@ -180,20 +179,18 @@ def _prepare_run_dir(run_dir: Path, run_config: dict[str, Any], fresh: bool) -> 
 
         records = read_metrics(run_dir)
         return max((r["round"] for r in records), default=0)
-    _fresh_out_dir(run_dir)
+    fresh_out_dir(run_dir)
     config_path.write_text(tomli_w.dumps(run_config))
     return None
 
 
 def _print_record(record: dict[str, Any]) -> None:
-    from simulations.cli import _describe
-
     extra = ""
     if record.get("round", 0) > 0:
         extra = f" · replies {record.get('replies')}/{record.get('sampled')}"
         if record.get("rejected"):
             extra += f" · rejected {len(record['rejected'])}"
-    console.print(_describe(record) + extra, highlight=False)
+    console.print(describe(record) + extra, highlight=False)
 
 
 def _print_summary(run_dir: Path, budget: float) -> None:
@@ -205,6 +202,7 @@ def _print_summary(run_dir: Path, budget: float) -> None:
     console.print(f"Results in {run_dir}")
 
 
+@deploy_app.command()
 def node(
     superlink: Annotated[str, typer.Option(help="The coordinator's HOST:PORT.")],
     data_dir: Annotated[Path, typer.Option(help="This node's private data (train.csv ...).")],
@@ -295,6 +293,7 @@ def node(
     raise SystemExit(code)  # Flower's own exit code (not typer.Exit: see cli.main)
 
 
+@deploy_app.command("node-data")
 def node_data(
     out: Annotated[Path, typer.Option(help="Writes OUT/node-K/train.csv for every K.")],
     preset: Preset = None,
@@ -303,7 +302,6 @@ def node_data(
 ) -> None:
     """Export a simulation's private partitions as per-node data directories (for trials)."""
     from common.data import load_dataset, partition
-    from simulations.cli import resolve_config
 
     cfg = resolve_config(preset, config, set_ or [], None)
     roles = load_dataset(cfg.dataset, seed=cfg.seed)
@@ -320,11 +318,3 @@ def node_data(
             writer.writerow(["text", "label"])
             writer.writerows((private.texts[i], int(private.labels[i])) for i in idx)
         console.print(f"{folder / 'train.csv'}: {len(idx)} examples")
-
-
-def register_deploy_commands(app: typer.Typer) -> None:
-    """Add the deployment commands to the ``fedistill`` app."""
-    app.command()(certs)
-    app.command()(coordinator)
-    app.command()(node)
-    app.command("node-data")(node_data)

@@ -696,7 +696,7 @@ def audit_ledgers(
     """
     if budget is not None and not (math.isfinite(budget) and budget > 0):
         raise ConfigError(f"--budget must be a finite number > 0, found {budget!r}.")
-    keys = _keys_for(paths, public_keys)
+    keys = keys_for(paths, public_keys)
     heads = None if coordinator_metrics is None else load_coordinator_metrics(coordinator_metrics)
     clients = [
         audit_client(p, public_key=k, budget=budget, tolerance=tolerance,
@@ -713,7 +713,9 @@ def audit_ledgers(
     )
 
 
-def _keys_for(paths: Sequence[Path], public_keys: Sequence[Path] | None) -> list[Path | None]:
+def keys_for(paths: Sequence[Path], public_keys: Sequence[Path] | None) -> list[Path | None]:
+    """The ``--public-key`` to check each ledger with: none given (None each: the ledger's
+    own ledger_key.pub), one for all, or one per ledger in order."""
     if not public_keys:
         return [None] * len(paths)
     for key in public_keys:

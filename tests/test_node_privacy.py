@@ -19,6 +19,7 @@ from flwr.app import Message, RecordDict
 from torch import nn
 
 from client.app import _private_round
+from client.attacks import attack_seed
 from client.state import ClientState
 from common.config import FedConfig
 from common.distill.codec import encode_knowledge
@@ -125,7 +126,7 @@ def test_the_client_samples_from_its_secret_not_from_public_values(tmp_path: Pat
     seen_a = _client_batches(a, cfg, plan)
     expected = _batches(DpSeeds.for_ledger_record(a.secret, 0), steps=len(seen_a))
     assert seen_a == expected  # the batches are those of the node's secret ...
-    public = {cfg.seed * 1000 + plan.round, cfg.seed, plan.round, cfg.seed + plan.round, 0}
+    public = {attack_seed(cfg.seed, plan.round), cfg.seed, plan.round, cfg.seed + plan.round, 0}
     for guess in public:  # ... and not those of any value the coordinator knows
         assert _batches(DpSeeds(guess, guess), steps=len(seen_a)) != seen_a
     # another DP event of the same node (another run, same round): fresh batches, never

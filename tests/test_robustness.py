@@ -1,4 +1,4 @@
-"""The robustness harness (simulations/robustness.py) without launching Flower."""
+"""The robustness harness (simulations/robustness/) without launching Flower."""
 
 from __future__ import annotations
 
@@ -11,24 +11,25 @@ import pytest
 import tomli_w
 import torch
 
-from client.attacks import poison
+from client.attacks import attack_seed, poison
 from common.config import FedConfig
-from simulations.robustness import (
+from simulations.robustness.harness import finished_run_seconds, run_robustness
+from simulations.robustness.page import _confirm_lines, render_markdown
+from simulations.robustness.replay import (
     NO_ATTACK,
     Cell,
-    best_robust_rule,
     cell_grid,
     default_rules,
-    finished_run_seconds,
     malicious_mask,
     poison_replies,
-    render_markdown,
     replay,
+    teacher_scores,
+)
+from simulations.robustness.verdict import (
+    best_robust_rule,
     replay_verdict,
-    run_robustness,
     strongest_attack,
     target_check,
-    teacher_scores,
 )
 
 POS = [
@@ -85,8 +86,9 @@ def test_poison_replaces_exactly_the_malicious_replies_as_a_client_does(attack: 
     mask = malicious_mask(ids, 10, 0.3)
     out = poison_replies(probs, mask, attack, rnd=2, seed=5, encoding="float32", topk=2)
     assert np.array_equal(out[~mask], probs[~mask])
-    for k in np.flatnonzero(mask):  # same seed as client/app.py: seed * 1000 + round
-        np.testing.assert_allclose(out[k], poison(probs[k], attack, seed=5002), atol=1e-6)
+    for k in np.flatnonzero(mask):  # the seed of the client's own attack (attack_mod)
+        np.testing.assert_allclose(out[k], poison(probs[k], attack, seed=attack_seed(5, 2)),
+                                   atol=1e-6)
     assert probs.shape == out.shape and np.allclose(out.sum(axis=2), 1, atol=1e-5)
 
 
@@ -94,7 +96,7 @@ def test_poison_goes_through_the_wire_encoding() -> None:
     probs = _probs(4, 20)
     mask = np.array([True, False, False, False])
     out = poison_replies(probs, mask, "noise", rnd=1, seed=0, encoding="float16", topk=2)
-    exact = poison(probs[0], "noise", seed=1)
+    exact = poison(probs[0], "noise", seed=attack_seed(0, 1))
     assert not np.array_equal(out[0], exact)  # float16-rounded, as the coordinator decodes it
     np.testing.assert_allclose(out[0], exact, atol=2e-3)
 
@@ -435,7 +437,7 @@ def test_confirm_runs_the_mean_and_the_best_rule_and_checks_the_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--confirm without Flower: each "real run" writes the metrics a run would."""
-    import simulations.robustness as rb
+    import simulations.robustness.harness as rb
 
     cfg, run_dir, recorded = _tiny_run(tmp_path)
     final = {"mean": recorded[-1] - 0.2, "median": recorded[-1] - 0.01}
@@ -566,7 +568,7 @@ def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--confirm-attacks: the replay's strongest attack is not always the real one."""
-    import simulations.robustness as rb
+    import simulations.robustness.harness as rb
 
     cfg, run_dir, recorded = _tiny_run(tmp_path)
     clean = recorded[-1]
@@ -623,5 +625,5 @@ def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_
     assert [c["attack"] for c in confirm["per_attack"]] == ["collude", "flip"]
     assert not confirm["per_attack"][0]["check"]["met"]  # the mean held under collude
     assert confirm["attack"] == "flip" and confirm["check"]["met"]
-    text = rb._confirm_lines(confirm, "tiny")
+    text = _confirm_lines(confirm, "tiny")
     assert any("Strongest attack in the real pipeline" in line and "flip" in line for line in text)

@@ -21,6 +21,7 @@ from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 import client.app as client_app
+from client.attacks import attack_mod
 from common.config import FedConfig
 from common.distill.codec import encode_knowledge
 from common.errors import ConfigError
@@ -33,7 +34,8 @@ RUN_ID = 7
 
 
 def _recording_app(sent: dict[str, Any]) -> ClientApp:
-    """client/app.py's ClientApp plus a mod that keeps each reply before it is masked."""
+    """client/app.py's ClientApp plus a mod that keeps each reply before it is masked
+    (after the attack mod: what a malicious client would send)."""
 
     def record(msg: Message, context: Context, call_next: Any) -> Message:
         reply = call_next(msg, context)
@@ -42,7 +44,7 @@ def _recording_app(sent: dict[str, Any]) -> ClientApp:
             parameters_to_ndarrays(fitres.parameters), fitres.num_examples)
         return reply
 
-    app = ClientApp(mods=[client_app._secaggplus_when_asked, record])
+    app = ClientApp(mods=[client_app._secaggplus_when_asked, record, attack_mod])
     app.train()(client_app.train)
     return app
 

@@ -10,6 +10,7 @@ from common.data.builtin import (
     ensure_stdlib_corpus,
     shared_data_dir,
 )
+from common.data.catalog import register
 from common.data.loaders import (
     encode_labels,
     load_text_classification_dir,
@@ -26,7 +27,7 @@ from common.data.partition import (
     plot_partition,
     summarize_partition,
 )
-from common.data.registry import dataset_entry, list_datasets, load_dataset, register
+from common.data.registry import dataset_entry, list_datasets, load_dataset
 from common.data.roles import ROLE_NAMES, TASKS, DatasetRoles, Split
 from common.data.tokenize import (
     PAD_ID,

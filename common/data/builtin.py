@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from common.data.catalog import register
 from common.data.loaders import (
     read_labeled_texts,
     text_classification_dataset,
     text_corpus_dataset,
     time_series_dataset,
 )
-from common.data.registry import register
 from common.data.roles import (
     DatasetRoles,
     Split,

@@ -19,50 +19,16 @@ misspelt option is a ConfigError naming the accepted ones, not a TypeError.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.data.catalog import _REGISTRY, SPEC_PREFIXES, DatasetEntry, Loader
 from common.data.roles import DatasetRoles
 from common.errors import ConfigError, DataError
 
-Loader = Callable[..., DatasetRoles]
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """A registered dataset: its loader, task, a one-line description, and, for the real
-    datasets of the shared folder, the sub-folder it needs (None for offline defaults)."""
-
-    name: str
-    loader: Loader
-    task: str
-    description: str
-    shared: str | None = None
-
-
-_REGISTRY: dict[str, DatasetEntry] = {}
-SPEC_PREFIXES: tuple[str, ...] = ("csv:", "tsv:", "jsonl:", "text:", "hf:")
-
-
-def register(
-    name: str, *, task: str, description: str, shared: str | None = None
-) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(*, seed, cache_dir, **options)`` under ``name``."""
-
-    def decorate(loader: Loader) -> Loader:
-        if name in _REGISTRY and _REGISTRY[name].loader is not loader:
-            raise ConfigError(f"A dataset named {name!r} is already registered.")
-        _REGISTRY[name] = DatasetEntry(name, loader, task, description, shared)
-        return loader
-
-    return decorate
-
 
 def _registry() -> dict[str, DatasetEntry]:
-    # The built-ins register themselves on import; imported here, not at module top,
-    # because builtin.py imports `register` from this module.
+    # The built-ins register themselves (in catalog.py) when builtin.py is first imported.
     from common.data import builtin  # noqa: F401
 
     return _REGISTRY

@@ -23,7 +23,7 @@ from bench.pages import lines as page_lines
 from bench.pages import text
 from common.environment import environment
 from simulations.baselines import BASELINES, run_baseline
-from simulations.cli import resolve_config
+from simulations.cli_common import resolve_config
 from simulations.report import finalize_summary
 from simulations.runner import run_simulation
 

@@ -25,7 +25,7 @@ import torch
 from common.task import prepare_task, task_for
 from common.training import predict_logits
 from coordinator.teacher import teacher_config
-from simulations.cli import resolve_config
+from simulations.cli_common import resolve_config
 from simulations.runner import run_simulation
 
 ROOT = Path(__file__).resolve().parent.parent

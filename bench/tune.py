@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from flwr.app import Context, RecordDict
 
-from simulations.cli import resolve_config
+from simulations.cli_common import resolve_config
 from simulations.inprocess import (
     InProcessGrid,
     restore_task_identity,

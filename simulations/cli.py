@@ -8,13 +8,13 @@ import typer
 
 from common.errors import FedistillError
 from simulations.audit_cli import audit_app
-from simulations.cli_common import console, resolve_config
+from simulations.cli_common import console
 from simulations.data_cli import data_app
 from simulations.deploy_cli import deploy_app
 from simulations.robustness.command import robustness_app
 from simulations.simulate_cli import simulate_app
 
-__all__ = ["app", "main", "resolve_config"]  # resolve_config: for the bench/ scripts
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -41,6 +41,9 @@ def main() -> None:
         # standalone_mode=False returns a command's typer.Exit code instead of exiting
         code = app(standalone_mode=False)
     except FedistillError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+    except OSError as exc:  # a path that cannot be read or written: the OS says why
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
     except typer.Abort:

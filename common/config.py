@@ -34,7 +34,8 @@ DP_OPTIMIZERS = ("sgd", "adamw")
 DP_TRAINABLE = ("all", "head", "adapters", "embedding", "bias")
 ACCOUNTANTS = ("rdp", "prv")
 SIZES = ("tiny", "small", "base")
-ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "nan", "shape", "raise")
+ATTACKS = ("none", "flip", "noise", "wrong-onehot", "collude", "adaptive", "nan", "shape",
+           "raise")
 
 
 @dataclass(frozen=True)

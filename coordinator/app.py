@@ -28,7 +28,7 @@ from common.errors import FedistillError, KnowledgeError
 from common.metrics import accuracy
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
-from common.task import PreparedTask, prepare_task, task_for
+from common.task import PreparedTask
 from common.training import evaluate_accuracy, predict_logits, train_supervised
 from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
@@ -52,7 +52,7 @@ from coordinator.report import (
     write_summary,
 )
 from coordinator.secure import run_secure_round
-from coordinator.teacher import guarded_update, hold_out, teacher_config
+from coordinator.teacher import guarded_update, teacher_config, teacher_task
 
 app = ServerApp()
 
@@ -72,8 +72,7 @@ def main(grid: Grid, context: Context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    task = hold_out(cfg, task_for(cfg, prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size,
-                                                    cfg.max_len), cfg.teacher_family))
+    task = teacher_task(cfg)
     (out / "tokenizer.json").write_text(task.tokenizer_json)
     rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
 

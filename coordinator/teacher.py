@@ -16,8 +16,15 @@ import torch
 
 from common.config import FedConfig
 from common.models import ModelConfig
-from common.task import PreparedTask, model_config
+from common.task import PreparedTask, model_config, prepare_task, task_for
 from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
+
+
+def teacher_task(cfg: FedConfig) -> PreparedTask:
+    """The run's task as the teacher sees it: its family's inputs (token ids or an
+    encoder's features), and the held-out share of its labels set aside."""
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    return hold_out(cfg, task_for(cfg, task, cfg.teacher_family))
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:

@@ -6,7 +6,7 @@ those rounds in this process: the replies of the first partition ids (the client
 run with ``attack-fraction`` makes malicious, :func:`client.attacks.is_malicious`) are
 replaced by :func:`client.attacks.poison` exactly as a malicious client does (same seed,
 same wire encoding), the cell's rule aggregates them, and the coordinator's own teacher
-update (``coordinator.teacher.update_teacher``) trains the teacher, which is then evaluated
+update (``coordinator.teacher.guarded_update``) trains the teacher, which is then evaluated
 on the test set. The torch RNG (dropout) is put where the coordinator's was, so the
 no-attack cell of the configured rule reproduces the recorded run.
 

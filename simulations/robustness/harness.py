@@ -385,14 +385,13 @@ def final_teacher_scores(cfg: FedConfig, run_dir: Path) -> dict[str, float | Non
     import torch
 
     from common.models import build_model
-    from common.task import prepare_task
     from common.training import predict_logits
-    from coordinator.teacher import teacher_config
+    from coordinator.teacher import teacher_config, teacher_task
 
     path = Path(run_dir) / "teacher.pt"
     if not path.exists():
         return {"balanced_accuracy": None, "top_class_share": None}
-    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    task = teacher_task(cfg)
     teacher = build_model(teacher_config(cfg, task))
     teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     device = torch.device("cpu")

@@ -197,10 +197,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         "run with that `attack-fraction` makes malicious (the first partition ids, "
         "`client/attacks.py is_malicious`) are replaced by `poison(...)` exactly as a "
         "malicious client does (same seed, same wire encoding); the cell's rule aggregates "
-        "them; the coordinator's own teacher update (`update_teacher`: the aggregate's "
-        f"arg-max as pseudo-labels (teacher-targets = {setup['teacher_targets']}), then one "
-        "anchor epoch on its labeled set) trains the teacher; it is evaluated on the "
-        f"{n_test} test examples.",
+        "them; the coordinator's own teacher update (`guarded_update`: distillation on the "
+        f"aggregate, teacher-targets = {setup['teacher_targets']}, then the anchor on its "
+        "labeled set; an update that would collapse the teacher onto one class is rolled "
+        f"back) trains the teacher; it is evaluated on the {n_test} test examples.",
         "3. torch's RNG is put where the coordinator's was (the round-0 pre-training is "
         "re-run for it), so the no-attack cell of the configured rule "
         f"(`{setup['aggregation']}`) should reproduce the recorded run; the check is below.",
@@ -218,7 +218,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Round-0 teacher: {_pct(rp['round0_accuracy'])}. Attacks: `flip` reverses the "
         "class order, `noise` sends uniform noise on the simplex, `wrong-onehot` puts all "
         "mass on a wrong class, `collude` has every attacker push class 0"
-        f"{_class0(setup)}. Fractions are of the {setup['num_clients']} clients.",
+        f"{_class0(setup)}, `adaptive` knows the rule: a wrong one-hot (the boundary value) "
+        "against the mean, median and trimmed mean, and against `norm-filter` a step "
+        "towards it that keeps its distance to the teacher's labels inside the filter's "
+        "bound as it estimates it (`client/attacks.py adaptive`). Fractions are of the "
+        f"{setup['num_clients']} clients.",
         "",
         *_rule_table(head, rules, cols, table),
     ]

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from client.attacks import AttackerView
     from common.config import FedConfig
 
 
 NO_ATTACK = "none"
-DEFAULT_ATTACKS = ("flip", "noise", "wrong-onehot", "collude")
-DEFAULT_FRACTIONS = (0.1, 0.3)
+DEFAULT_ATTACKS = ("flip", "noise", "wrong-onehot", "collude", "adaptive")
+DEFAULT_FRACTIONS = (0.1, 0.3, 0.45)
 # Round 1 is replayed exactly (the honest replies there depend only on the round-0
 # teacher), and the default grid of one round fits about 15 min on 2 quiet cores;
 # --rounds 0 replays every recorded round (about 5x that for the default preset).
@@ -136,6 +137,7 @@ def poison_replies(
     seed: int,
     encoding: str,
     topk: int,
+    view: AttackerView | None = None,
 ) -> np.ndarray:
     """Honest replies (K, m, C) with the masked ones poisoned as a malicious client does.
 
@@ -151,7 +153,7 @@ def poison_replies(
     _, m, c = probs.shape
     encode = wire_encoder(encoding, topk)
     for k in np.flatnonzero(mask):
-        sent = attacked_payload(probs[k], attack, seed=seed, rnd=rnd, encode=encode)
+        sent = attacked_payload(probs[k], attack, seed=seed, rnd=rnd, encode=encode, view=view)
         out[k] = decode_knowledge(sent, encoding, num_rows=m, num_classes=c)
     return out
 
@@ -234,19 +236,20 @@ def replay(
     """Replay the recorded rounds of ``run_dir`` (the first ``rounds``; 0 = all) per cell."""
     import torch
 
+    from client.attacks import AttackerView
     from common.device import resolve_device
+    from common.distill.losses import soften
     from common.models import build_model
-    from common.task import prepare_task
-    from common.training import train_supervised
+    from common.training import predict_logits, train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.teacher import teacher_config, update_teacher
+    from coordinator.teacher import guarded_update, teacher_config, teacher_task
 
     start, cpu_start = time.monotonic(), time.process_time()
     recorded = load_recorded_rounds(run_dir)
     if rounds:
         recorded = recorded[:rounds]
     device = resolve_device(cfg.device)
-    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    task = teacher_task(cfg)
     round0 = torch.load(Path(run_dir) / "teacher-round0.pt", map_location="cpu", weights_only=True)
 
     # The coordinator seeds torch, builds and pre-trains the teacher, and from then on
@@ -288,22 +291,30 @@ def replay(
     updates, update_seconds = 0, 0.0
     for rr in recorded:
         public_x = task.public_x[torch.as_tensor(rr.indices)]
-        poisoned: dict[tuple[str, float], np.ndarray] = {}
+        poisoned: dict[tuple, np.ndarray] = {}
         clean_labels: dict[str, np.ndarray] = {}
         pending: dict[str, tuple[str, FedConfig, np.ndarray]] = {}
         moved: dict[Cell, str] = {}
+
+        def sent_teacher(state: str, public_x: torch.Tensor = public_x,
+                         states: dict = states) -> np.ndarray:
+            """The soft labels the coordinator sends from the teacher at ``state``."""
+            teacher.load_state_dict(states[state])
+            logits = predict_logits(teacher, public_x, device=device)
+            return soften(logits, cfg.temperature).numpy()
+
         for cell in cells:
-            attack_key = (cell.attack, cell.fraction)
+            # an adaptive attacker answers what it is sent and the rule: its own replies
+            adaptive = cell.attack == "adaptive"
+            attack_key = ((cell.attack, cell.fraction, cell.rule, position[cell]) if adaptive
+                          else (cell.attack, cell.fraction))
             if attack_key not in poisoned:
+                view = (AttackerView(sent_teacher(position[cell]), cell.rule, cfg.filter_ratio)
+                        if adaptive else None)
                 mask = malicious_mask(rr.client_ids, cfg.num_clients, cell.fraction)
                 poisoned[attack_key] = poison_replies(
-                    rr.probs,
-                    mask,
-                    cell.attack,
-                    rnd=rr.round,
-                    seed=cfg.seed,
-                    encoding=cfg.encoding,
-                    topk=cfg.topk,
+                    rr.probs, mask, cell.attack, rnd=rr.round, seed=cfg.seed,
+                    encoding=cfg.encoding, topk=cfg.topk, view=view,
                 )
             aggregate = rules[cell.rule](list(poisoned[attack_key]), list(rr.counts))
             if cell.rule not in clean_labels:
@@ -323,7 +334,7 @@ def replay(
             t0 = time.monotonic()
             teacher.load_state_dict(states[previous])
             torch.set_rng_state(rng_state)
-            update_teacher(rule_cfg, task, teacher, public_x, aggregate, rr.round, device)
+            guarded_update(rule_cfg, task, teacher, public_x, aggregate, rr.round, device)
             after = torch.get_rng_state()
             if after_rng is not None and not torch.equal(after, after_rng):
                 say("warning: teacher updates drew different amounts of randomness")

@@ -14,7 +14,13 @@ import torch
 from client.attacks import attack_seed, poison
 from common.config import FedConfig
 from simulations.robustness.harness import finished_run_seconds, run_robustness
-from simulations.robustness.page import _confirm_lines, render_markdown
+from simulations.robustness.page import (
+    FAULTS_BEGIN,
+    FAULTS_END,
+    _confirm_lines,
+    render_markdown,
+    write_page,
+)
 from simulations.robustness.replay import (
     NO_ATTACK,
     Cell,
@@ -265,6 +271,20 @@ def test_markdown_states_the_computed_verdict_and_the_rerun_command() -> None:
 
     bad = dict(verdict, met=False, robust_within=False)
     assert "**Target met in the replay: no.**" in render_markdown(_result(bad))
+
+
+def test_rewriting_the_page_keeps_the_faults_section(tmp_path: Path) -> None:
+    rules = ["mean", "weighted-mean", "median", "norm-filter"]
+    verdict = replay_verdict(_cells_json(ACC), rules, ["flip", "collude"], [0.3], "weighted-mean")
+    doc = tmp_path / "ROBUSTNESS.md"
+    faults = f"{FAULTS_BEGIN}\n## Faults\n| fault | outcome |\n{FAULTS_END}"
+    doc.write_text("old study\n\n" + faults + "\n")
+    write_page(doc, _result(verdict))
+    text = doc.read_text()
+    assert "old study" not in text and "**Target met in the replay: yes.**" in text
+    assert text.count(faults) == 1
+    write_page(tmp_path / "new.md", _result(verdict))  # no faults yet: none invented
+    assert FAULTS_BEGIN not in (tmp_path / "new.md").read_text()
 
 
 def test_markdown_lists_the_confirmation_runs() -> None:

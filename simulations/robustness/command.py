@@ -17,7 +17,7 @@ from simulations.robustness.harness import (
     DEFAULT_WORK_DIR,
     run_robustness,
 )
-from simulations.robustness.page import render_markdown
+from simulations.robustness.page import write_page
 from simulations.robustness.replay import (
     DEFAULT_ATTACKS,
     DEFAULT_FRACTIONS,
@@ -99,7 +99,7 @@ def robustness(
 ) -> None:
     """Teacher accuracy per aggregation rule × attack × fraction (docs/ROBUSTNESS.md)."""
     if render:
-        doc.write_text(render_markdown(json.loads(json_out.read_text())))
+        write_page(doc, json.loads(json_out.read_text()))
         console.print(f"wrote {doc} from {json_out}")
         return
     attack_list = _checked_attacks(attacks)

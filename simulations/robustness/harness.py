@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulations.robustness.page import render_markdown
+from simulations.robustness.page import write_page
 from simulations.robustness.replay import NO_ATTACK, Cell, cell_grid, replay, teacher_scores
 from simulations.robustness.verdict import (
     accuracy_table,
@@ -356,8 +356,7 @@ def _attack_check(
 def _write(result: dict[str, Any], doc: Path, json_path: Path, say: Callable[[str], None]) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(result))
+    write_page(doc, result)
     say(f"wrote {doc} and {json_path} ({result['timing']['total_seconds'] / 60:.1f} min)")
 
 

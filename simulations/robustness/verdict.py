@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from simulations.robustness.replay import (
     NO_ATTACK,
@@ -11,9 +11,6 @@ from simulations.robustness.replay import (
     TARGET_FRACTION,
     TARGET_POINTS,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 # ---------------------------------------------------------------------------- verdicts
@@ -37,10 +34,19 @@ def strongest_attack(
     attacks: Sequence[str],
     fraction: float,
     rule: str = "mean",
+    balanced: dict[tuple[str, str, float], float] | None = None,
 ) -> str:
-    """The attack that leaves ``rule`` (the plain mean) the lowest accuracy at ``fraction``."""
+    """The attack that leaves ``rule`` (the plain mean) the lowest accuracy at ``fraction``;
+    with ``balanced``, the lowest mean of accuracy and balanced accuracy (an attack that
+    only moves the majority class's share is not the strongest on both)."""
+
+    def score(key: tuple[str, str, float]) -> float:
+        if balanced is None or key not in balanced:
+            return table[key]
+        return (table[key] + balanced[key]) / 2
+
     scored = [
-        (table[(rule, a, fraction)], i, a)
+        (score((rule, a, fraction)), i, a)
         for i, a in enumerate(attacks)
         if a != NO_ATTACK and (rule, a, fraction) in table
     ]
@@ -96,7 +102,8 @@ def replay_verdict(
     if "mean" not in rules or not any(a != NO_ATTACK for a in attacks) or not fractions:
         return None
     fraction = target_fraction(fractions)
-    attack = strongest_attack(table, attacks, fraction)
+    balanced = accuracy_table(results, "balanced_accuracy")
+    attack = strongest_attack(table, attacks, fraction, balanced=balanced)
     try:
         best = best_robust_rule(table, rules, attack, fraction)
     except ValueError:
@@ -107,7 +114,6 @@ def replay_verdict(
         table[(best, attack, fraction)],
         table[("mean", attack, fraction)],
     )
-    balanced = accuracy_table(results, "balanced_accuracy")
     cells = [(ref_rule, NO_ATTACK, 0.0), (best, attack, fraction), ("mean", attack, fraction)]
     return {
         "attack": attack,

@@ -3,8 +3,10 @@
 A run is a process tree that a process group alone does not hold: Flower's SuperExec
 starts Ray in a session of its own, and Ray's daemons outlive their parent. So a run's
 tree is its root, every descendant, and every process in a session one of them leads.
-The simulation runner, the deployment and the scale benchmark all use this one view;
-it is read from /proc (Linux), the only platform the runs are supported on.
+The simulation runner, the deployment and the scale benchmark all use this one view.
+Descendants, memory (PSS where the platform reports it), CPU time and command lines come
+from psutil, which copes with processes vanishing mid-read; sessions come from
+``os.getsid``, which psutil does not expose. Runs are supported on Linux only.
 """
 
 from __future__ import annotations
@@ -19,72 +21,48 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
+import psutil
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 2**20
 
 
 # --------------------------------------------------------------------------- the tree
-class ProcStat(NamedTuple):
-    ppid: int
-    sid: int
-    ticks: int  # user + system CPU ticks
-    zombie: bool
-
-
-def _stat(pid: int) -> ProcStat | None:
-    """``pid``'s parent, session, CPU ticks and state; None when it is gone."""
+def _sid(pid: int) -> int | None:
+    """``pid``'s session; None when it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return os.getsid(pid)
     except OSError:
         return None
-    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp sid ...
-    return ProcStat(int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12]),
-                    fields[0] == "Z")
 
 
-def proc_table() -> dict[int, ProcStat]:
-    """Every process of the machine, zombies included, by pid."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None:
-                table[int(entry.name)] = st
-    return table
-
-
-def tree_members(root: int, table: dict[int, ProcStat], sessions: set[int]) -> set[int]:
-    """``root``, its descendants in ``table`` and every process of a session they lead.
+def tree_members(root: int, sessions: set[int]) -> set[int]:
+    """``root``, its descendants, zombies included, and every process of a session they lead.
 
     ``sessions`` collects the session leaders seen so far (a sampler keeps it across
     samples, so a daemon whose leader has exited is still counted)."""
-    children: dict[int, list[int]] = {}
-    for pid, st in table.items():
-        children.setdefault(st.ppid, []).append(pid)
-    tree, frontier = {root}, [root]
-    while frontier:
-        for child in children.get(frontier.pop(), ()):
-            if child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    sessions |= {p for p in tree if p != root and p in table and table[p].sid == p}
-    return tree | {pid for pid, st in table.items() if st.sid in sessions}
+    tree = {root}
+    with contextlib.suppress(psutil.Error):
+        tree |= {p.pid for p in psutil.Process(root).children(recursive=True)}
+    sessions |= {p for p in tree if p != root and _sid(p) == p}
+    return tree | ({pid for pid in psutil.pids() if _sid(pid) in sessions} if sessions
+                   else set())
 
 
 def process_tree(root: int) -> set[int]:
     """``root``, its descendants, and every process in a session one of them leads."""
-    table = proc_table()
-    leaders = {root} if root in table and table[root].sid == root else set()
-    return tree_members(root, table, leaders)
+    return tree_members(root, {root} if _sid(root) == root else set())
 
 
 def alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and not st.zombie  # a zombie is already dead
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # a zombie is dead
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -104,34 +82,12 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 # --------------------------------------------------------------------------- one process
-def rss_bytes(pid: int) -> int:
-    """Resident set of ``pid`` (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def pss_bytes(pid: int) -> int:
-    """Proportional set of ``pid`` from ``smaps_rollup`` (0 when unreadable or gone)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0
-
-
 def process_kind(pid: int) -> str:
     """A short name for grouping: the Python script, Ray's process title, or the binary."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        args = [a for a in psutil.Process(pid).cmdline() if a]
+    except psutil.Error:
         return "?"
-    args = [a.decode(errors="replace") for a in argv if a]
     if not args:
         return "?"
     if args[0].startswith("ray::"):  # ray::ClientAppActor.run, ray::IDLE, ray::DashboardAgent
@@ -149,15 +105,31 @@ def process_kind(pid: int) -> str:
     return name
 
 
+def usage(pid: int) -> tuple[float, int, int] | None:
+    """``pid``'s user + system CPU seconds, RSS and PSS (0 where the platform or
+    permissions do not tell it); None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            t, rss = proc.cpu_times(), proc.memory_info().rss
+            try:
+                pss = getattr(proc.memory_full_info(), "pss", 0)
+            except psutil.AccessDenied:
+                pss = 0
+    except psutil.Error:
+        return None
+    return t.user + t.system, rss, pss
+
+
 # --------------------------------------------------------------------------- sampling
 @dataclass
 class TreeSampler:
     """Samples a process tree from a thread: summed RSS and PSS (peaks), and CPU seconds.
 
-    The tree is :func:`tree_members` of ``root``; ``root`` itself is counted only with
-    ``include_root``. CPU time is each process's user+system ticks as last seen, so a
-    process that exits keeps what it used up to its last sample. Use as a context
-    manager; :meth:`sample` may also be called directly.
+    The tree is the living processes of :func:`tree_members` of ``root``; ``root`` itself
+    is counted only with ``include_root``. CPU time is each process's user+system time as
+    last seen, so a process that exits keeps what it used up to its last sample. Use as a
+    context manager; :meth:`sample` may also be called directly.
     """
 
     root: int = field(default_factory=os.getpid)
@@ -171,7 +143,7 @@ class TreeSampler:
     series: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, rss, pss, n
     kind_peak_rss: dict[str, int] = field(default_factory=dict)
     kind_peak_pss: dict[str, int] = field(default_factory=dict)
-    _ticks: dict[int, tuple[str, int]] = field(default_factory=dict)  # pid -> (kind, ticks)
+    _cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (kind, seconds)
     _kinds: dict[int, str] = field(default_factory=dict)  # pid -> last readable kind
     _sessions: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -179,25 +151,22 @@ class TreeSampler:
     _thread: threading.Thread | None = None
     _t0: float = field(default_factory=time.monotonic)
 
-    def members(self, table: dict[int, ProcStat] | None = None) -> set[int]:
-        table = _living(proc_table()) if table is None else table
-        tree = tree_members(self.root, table, self._sessions)
+    def members(self) -> set[int]:
+        tree = {p for p in tree_members(self.root, self._sessions) if alive(p)}
         if not self.include_root:
             tree.discard(self.root)
         return tree
 
     def sample(self) -> tuple[int, int, int]:
-        """One sample: (RSS sum, PSS sum, process count); updates peaks and CPU ticks."""
+        """One sample: (RSS sum, PSS sum, process count); updates peaks and CPU time."""
         with self._lock:
-            table = _living(proc_table())
-            rss_kind, pss_kind, counted = self._read(table, self.members(table))
+            rss_kind, pss_kind, counted = self._read(self.members())
             rss, pss = sum(rss_kind.values()), sum(pss_kind.values())
             self._record(rss_kind, pss_kind, rss, pss, counted)
             return rss, pss, counted
 
-    def _read(self, table: dict[int, ProcStat],
-              pids: set[int]) -> tuple[dict[str, int], dict[str, int], int]:
-        """Memory by process kind and the processes counted; keeps their CPU ticks."""
+    def _read(self, pids: set[int]) -> tuple[dict[str, int], dict[str, int], int]:
+        """Memory by process kind and the processes counted; keeps their CPU time."""
         rss_kind: dict[str, int] = {}
         pss_kind: dict[str, int] = {}
         own = process_kind(self.root)
@@ -206,15 +175,19 @@ class TreeSampler:
             # Read every time: a fork becomes another program at exec, and a Ray
             # worker's title changes (ray::IDLE -> ray::ClientAppActor).
             kind = process_kind(pid)
-            if kind == "?":  # exiting: its cmdline is gone, its ticks still count
+            if kind == "?":  # exiting: its cmdline is gone, its CPU time still counts
                 kind = self._kinds.get(pid, kind)
             self._kinds[pid] = kind
             if pid != self.root and kind == own:
                 continue  # a fork of the driver not yet exec'd: its pages are the driver's
-            self._ticks[pid] = (kind, table[pid].ticks)
+            read = usage(pid)
+            if read is None:  # gone since the tree was read: keeps its last CPU time
+                continue
+            cpu, rss, pss = read
+            self._cpu[pid] = (kind, cpu)
             counted += 1
-            rss_kind[kind] = rss_kind.get(kind, 0) + rss_bytes(pid)
-            pss_kind[kind] = pss_kind.get(kind, 0) + pss_bytes(pid)
+            rss_kind[kind] = rss_kind.get(kind, 0) + rss
+            pss_kind[kind] = pss_kind.get(kind, 0) + pss
         return rss_kind, pss_kind, counted
 
     def _record(self, rss_kind: dict[str, int], pss_kind: dict[str, int], rss: int, pss: int,
@@ -233,13 +206,13 @@ class TreeSampler:
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) used by the tree so far, as last sampled."""
         with self._lock:
-            return sum(t for _, t in self._ticks.values()) / CLK_TCK
+            return sum(t for _, t in self._cpu.values())
 
     def cpu_by_kind(self) -> dict[str, float]:
         with self._lock:
             out: dict[str, float] = {}
-            for kind, t in self._ticks.values():
-                out[kind] = out.get(kind, 0.0) + t / CLK_TCK
+            for kind, t in self._cpu.values():
+                out[kind] = out.get(kind, 0.0) + t
             return out
 
     def _loop(self) -> None:
@@ -278,10 +251,6 @@ class TreeSampler:
             "trace": [{"t": t, "rss_mb": round(r / MIB, 1), "pss_mb": round(p / MIB, 1),
                        "processes": n} for t, r, p, n in self.series],
         }
-
-
-def _living(table: dict[int, ProcStat]) -> dict[int, ProcStat]:
-    return {pid: st for pid, st in table.items() if not st.zombie}
 
 
 # --------------------------------------------------------------------------- a run

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +48,29 @@ def test_stop_process_group_stops_children_in_their_own_session() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sampler_keeps_a_session_whose_leader_has_exited() -> None:
+    """Like Ray's daemons: a process left behind in a session whose leader exited (and so
+    re-parented away from the tree) still belongs to the tree once the leader was seen."""
+    from simulations.proctree import TreeSampler
+
+    script = ("import subprocess, sys, time\n"
+              "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(g.pid, flush=True)\n"
+              "sys.stdin.read()\n")
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    grandchild = int(leader.stdout.readline())
+    try:
+        sampler = TreeSampler()
+        assert {leader.pid, grandchild} <= sampler.members()
+        leader.stdin.close()  # the leader exits; the grandchild is re-parented
+        leader.wait(timeout=10)
+        assert alive(grandchild) and grandchild not in process_tree(os.getpid())
+        assert grandchild in sampler.members() and leader.pid not in sampler.members()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+        leader.kill()
+        leader.wait()

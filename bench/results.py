@@ -22,6 +22,7 @@ import torch
 from bench.pages import lines as page_lines
 from bench.pages import text
 from common.environment import environment
+from common.metrics import mean_interval
 from simulations.baselines import BASELINES, run_baseline
 from simulations.cli_common import resolve_config
 from simulations.report import finalize_summary
@@ -267,18 +268,6 @@ def _pre_fix(row: dict[str, Any]) -> bool:
 
 MEASURES = (("teacher", "teacher_accuracy"), ("ensemble", "ensemble_accuracy"),
             ("students", "student_accuracy_mean"))
-
-
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t interval (the interval is (nan, nan) for n < 2)."""
-    from scipy import stats
-
-    arr = np.asarray(values, dtype=float)
-    mean = float(arr.mean())
-    if len(arr) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
-    return mean, mean - half, mean + half
 
 
 def private_contribution(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:

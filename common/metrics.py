@@ -198,3 +198,15 @@ __all__ = [
     "word_vocabulary",
     "words",
 ]
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t interval (the interval is (nan, nan) for n < 2)."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / np.sqrt(len(arr)))
+    return mean, mean - half, mean + half

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import contribution_table, mean_interval, private_contribution
+from bench.results import contribution_table, private_contribution
+from common.metrics import mean_interval
 
 
 def _row(method: str, seed: int, budget: float, teacher: float) -> dict:

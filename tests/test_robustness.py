@@ -19,6 +19,7 @@ from simulations.robustness.page import (
     FAULTS_END,
     _confirm_lines,
     render_markdown,
+    seed_headline,
     write_page,
 )
 from simulations.robustness.replay import (
@@ -328,6 +329,23 @@ def test_markdown_lists_the_confirmation_runs() -> None:
     text = render_markdown(_result(None, confirm))
     assert "| `m` | `mean` | collude 30% | 50.0 → 45.0 | 45.0 | +18.0 | — | — | 5.0 |" in text
     assert "**Target met in the real pipeline: yes**" in text
+
+
+def test_the_headline_cells_of_other_seeds_join_the_page() -> None:
+    def study(seed: int, clean: float, mean: float, best: float) -> dict:
+        confirm = {"attack": "wrong-onehot", "fraction": 0.3, "best_rule": "median",
+                   "check": target_check(clean, best, mean),
+                   "balanced": target_check(clean - 0.01, best - 0.01, mean - 0.05)}
+        return {"setup": {"seed": seed}, "confirm": confirm}
+
+    seeds = [seed_headline(study(s, 0.75, 0.70 - s / 100, 0.74)) for s in range(3)]
+    result = _result(None)
+    result["seeds"] = seeds
+    text = render_markdown(result)
+    assert "| 1 | wrong-onehot 30% | 75.0 / 74.0 | 69.0 / 64.0 | `median` | 74.0 / 73.0 |" in text
+    # the plain mean loses 5, 6, 7 points: mean 6.0, t interval 6 ± 4.30 * 1 / sqrt(3)
+    assert "the plain mean 6.0 [3.5, 8.5] accuracy" in text
+    assert seed_headline({"setup": {"seed": 0}}) is None  # a study without --confirm
 
 
 # ---------------------------------------------------------------------------- tiny replay

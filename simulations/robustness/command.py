@@ -17,7 +17,7 @@ from simulations.robustness.harness import (
     DEFAULT_WORK_DIR,
     run_robustness,
 )
-from simulations.robustness.page import write_page
+from simulations.robustness.page import seed_headline, write_page
 from simulations.robustness.replay import (
     DEFAULT_ATTACKS,
     DEFAULT_FRACTIONS,
@@ -96,11 +96,17 @@ def robustness(
     render: Annotated[
         bool, typer.Option("--render", help="Only rewrite --doc from --json; run nothing.")
     ] = False,
+    seed_results: Annotated[
+        str,
+        typer.Option(
+            help="With --render: the JSON results of the same study run with other seeds "
+            "(comma-separated); their headline cells join the page and --json.",
+        ),
+    ] = "",
 ) -> None:
     """Teacher accuracy per aggregation rule × attack × fraction (docs/ROBUSTNESS.md)."""
     if render:
-        write_page(doc, json.loads(json_out.read_text()))
-        console.print(f"wrote {doc} from {json_out}")
+        _render(doc, json_out, seed_results)
         return
     attack_list = _checked_attacks(attacks)
     fraction_list = _checked_fractions(fractions)
@@ -199,3 +205,18 @@ def _command_line(preset: str, sets: list[str], *, replies_from: Path | None, ro
     if threads:
         parts.append(f"--threads {threads}")
     return " ".join(parts)
+
+
+def _render(doc: Path, json_out: Path, seed_results: str) -> None:
+    """Rewrite the page from the JSON, with the headline cells of other seeds' studies."""
+    result = json.loads(json_out.read_text())
+    others = [Path(p) for p in _split(seed_results)]
+    missing = [str(p) for p in others if not p.is_file()]
+    if missing:
+        raise ConfigError(f"--seed-results: no such file {missing}")
+    if others:
+        studies = [result, *(json.loads(p.read_text()) for p in others)]
+        result["seeds"] = [h for h in map(seed_headline, studies) if h is not None]
+        json_out.write_text(json.dumps(result, indent=1) + "\n")
+    write_page(doc, result)
+    console.print(f"wrote {doc} from {json_out}")

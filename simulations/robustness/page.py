@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.metrics import mean_interval
 from simulations.robustness.replay import DEFAULT_ROUNDS, NO_ATTACK, TARGET_FRACTION
 from simulations.robustness.verdict import accuracy_table
 
@@ -134,6 +135,54 @@ def _confirm_lines(confirm: dict[str, Any], preset: str) -> list[str]:
             f"The final teacher of `{run['dir']}` (`{run['aggregation']}`, {run['attack']}) "
             "predicts one class for every test example: its accuracy is that class's "
             "share of the test set, so accuracy understates the damage there.",
+        ]
+    return lines
+
+
+def seed_headline(result: dict[str, Any]) -> dict[str, Any] | None:
+    """One study's real-pipeline headline: clean, plain mean and best rule, both metrics."""
+    confirm = result.get("confirm")
+    if not confirm:
+        return None
+    acc, bal = confirm["check"], confirm.get("balanced") or {}
+    return {"seed": result["setup"]["seed"], "attack": confirm["attack"],
+            "fraction": confirm["fraction"], "best_rule": confirm["best_rule"],
+            **{k: acc[k] for k in ("no_attack", "mean", "robust")},
+            **{f"{k}_balanced": bal.get(k) for k in ("no_attack", "mean", "robust")}}
+
+
+def _both(row: dict[str, Any], key: str) -> str:
+    return f"{_pct(row[key])} / {_pct(row[key + '_balanced'])}"
+
+
+def _drop_text(seeds: list[dict[str, Any]], key: str, suffix: str) -> str:
+    mean, lo, hi = mean_interval([100 * (s["no_attack" + suffix] - s[key + suffix])
+                                  for s in seeds])
+    return f"{mean:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _seed_lines(seeds: list[dict[str, Any]]) -> list[str]:
+    """The headline cells of whole studies run with other seeds (`--seed-results`)."""
+    lines = [
+        "", "## The headline cells over seeds", "",
+        "Each seed is a whole study (its own clean run, replay and the two real attacked "
+        "runs of its strongest attack at 30%); accuracy / balanced accuracy (%) of the final "
+        "teacher:", "",
+        "| seed | strongest attack | clean | plain mean | best robust rule | that rule |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {s['seed']} | {s['attack']} {100 * s['fraction']:g}% | "
+              f"{_both(s, 'no_attack')} | {_both(s, 'mean')} | `{s['best_rule']}` | "
+              f"{_both(s, 'robust')} |" for s in seeds]
+    complete = [s for s in seeds if s["mean_balanced"] is not None]
+    if len(complete) > 1:
+        lines += [
+            "",
+            f"Points lost against the clean run, mean over the {len(complete)} seeds [95% "
+            f"interval]: the plain mean {_drop_text(complete, 'mean', '')} accuracy and "
+            f"{_drop_text(complete, 'mean', '_balanced')} balanced accuracy; the best robust "
+            f"rule {_drop_text(complete, 'robust', '')} and "
+            f"{_drop_text(complete, 'robust', '_balanced')}.",
         ]
     return lines
 
@@ -312,6 +361,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append("Not run (`--confirm` runs it: two more real simulations).")
     else:
         lines += _confirm_lines(confirm, setup["preset"])
+    if result.get("seeds"):
+        lines += _seed_lines(result["seeds"])
     fid = result["fidelity"]
     lines += ["", "## Checks", ""]
     if fid["recorded"]:

@@ -88,8 +88,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "Resuming run %s after round %s from %s", run_id, ckpt.round, ckpt_path)
     else:
         initial = _initial_teacher(cfg, task, teacher, device)
-        if cfg.save_replies:  # the starting point of a replay (simulations/robustness/)
-            torch.save(teacher.state_dict(), out / "teacher-round0.pt")
+        torch.save(teacher.state_dict(), out / "teacher-round0.pt")  # before any round
         run_id, start, history = str(context.run_id), 1, [initial]
         append_metrics(out, initial)
         save_checkpoint(ckpt_path, Checkpoint(run_id, 0, teacher.state_dict(),

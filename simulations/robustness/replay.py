@@ -24,8 +24,7 @@ NO_ATTACK = "none"
 DEFAULT_ATTACKS = ("flip", "noise", "wrong-onehot", "collude", "adaptive")
 DEFAULT_FRACTIONS = (0.1, 0.3, 0.45)
 # Round 1 is replayed exactly (the honest replies there depend only on the round-0
-# teacher), and the default grid of one round fits about 15 min on 2 quiet cores;
-# --rounds 0 replays every recorded round (about 5x that for the default preset).
+# teacher); --rounds 0 replays every recorded round, a lower bound on later damage.
 DEFAULT_ROUNDS = 1
 EXCLUDED_RULES = ("dsfl",)  # a sharpening of the mean, not a defence
 NON_ROBUST_RULES = ("mean", "weighted-mean")

@@ -184,7 +184,7 @@ def run_secure_round(
     if not strategy.results:
         return None
     arrays = parameters_to_ndarrays(strategy.results[0][1].parameters)
-    metas = [(node, _client_meta(res)) for node, res in strategy.results]
+    metas = [(node, client_meta(res)) for node, res in strategy.results]
     dropped = len(sampled) - len(strategy.results)
     log(INFO, "SecAgg+: aggregate of %s clients (%s dropped), quantization range %s",
         len(strategy.results), dropped, settings.quantization_range)
@@ -205,7 +205,7 @@ def _reason(failure: Any) -> str:
     return str(getattr(error, "reason", None) or error)
 
 
-def _client_meta(res: FitRes) -> ReplyMeta | str:
+def client_meta(res: FitRes) -> ReplyMeta | str:
     """The metadata SecAgg+ does not hide, checked as a plain reply's; a reason if bad."""
     try:
         return ReplyMeta.parse_flat(res.metrics, res.num_examples)

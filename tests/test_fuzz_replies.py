@@ -18,9 +18,10 @@ Generated inputs (``max_examples``; 10,000 in all):
 
 ====================================================  ======
 decode_knowledge, targeted attacks (4 encodings x 750)   3,000
-validate_content, whole replies                          3,500
+validate_content, whole replies                          3,000
 from_array_record, forged Array bytes and records        1,500
-read_metrics, forged metric records                      2,000
+read_metrics, forged metric records                      1,500
+client_meta, SecAgg+'s visible metadata and weight       1,000
 ====================================================  ======
 
 tests/test_codec.py fuzzes the decoders with another 10,000 generic mutations.
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import Code, FitRes, Parameters, Status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -56,16 +58,19 @@ from common.protocol import (
     to_array_record,
 )
 from coordinator.replies import Rejection, ValidReply, validate_content
+from coordinator.secure import client_meta
 
 DECODE_EXAMPLES_PER_ENCODING = 750
-VALIDATE_EXAMPLES = 3500
+VALIDATE_EXAMPLES = 3000
 ARRAY_RECORD_EXAMPLES = 1500
-METRICS_EXAMPLES = 2000
+METRICS_EXAMPLES = 1500
+SECURE_META_EXAMPLES = 1000
 TOTAL_EXAMPLES = (
     len(ENCODINGS) * DECODE_EXAMPLES_PER_ENCODING
     + VALIDATE_EXAMPLES
     + ARRAY_RECORD_EXAMPLES
     + METRICS_EXAMPLES
+    + SECURE_META_EXAMPLES
 )
 
 # Documented round-trip error per entry (the table in common/distill/codec.py).
@@ -621,6 +626,60 @@ def test_zip_array_is_rejected_by_from_array_record() -> None:
     content[SOFT_LABELS] = ArrayRecord({"probs": zipped})
     with pytest.raises(KnowledgeError, match="'probs'.*NpzFile"):
         from_array_record(content, SOFT_LABELS)
+
+
+# ----------------------------------------------------- SecAgg+'s visible metadata
+INFO_KEYS = ("client-id", "student", "reason", "test-accuracy")
+BAD_WEIGHTS: list[Any] = [0, -1, 2**63, 10**30, 1.5, math.nan, "7", None, True]
+
+
+def _secure_meta(seed: int) -> tuple[FitRes, bool]:
+    """A SecAgg+ FitRes whose metrics and weight a client chose; (it, whether honest)."""
+    rng = np.random.default_rng(seed)
+    ops = _ops(rng, METRIC_OPS[:-1], 3)  # a FitRes has no ConfigRecord to swap in
+    values = dict(_metric_record(rng, ops).__dict__["_data"])
+    values.update({"client-id": "client-1", "student": "cnn", "reason": "",
+                   "test-accuracy": float(rng.uniform(0, 1))})
+    hostile_info = rng.random() < 0.3
+    if hostile_info:  # what SecAgg+ leaves in plain is the client's to forge
+        key = INFO_KEYS[rng.integers(len(INFO_KEYS))]
+        pool = [*INFO_VALUES, *BAD_METRIC_VALUES, *UNCHECKED_METRIC_VALUES]
+        values[key] = pool[rng.integers(len(pool))]
+    weight: Any = int(rng.integers(1, 10_000))
+    bad_weight = rng.random() < 0.2
+    if bad_weight:
+        weight = BAD_WEIGHTS[rng.integers(len(BAD_WEIGHTS))]
+    fitres = FitRes(Status(Code.OK, ""), Parameters([], ""), weight, values)
+    return fitres, not (hostile_info or bad_weight) and all(op in ("extra", "zero")
+                                                            for op in ops)
+
+
+def _secure_meta_fuzz(tally: dict[str, int]) -> Callable[[], None]:
+    @settings(settings_fuzz, max_examples=SECURE_META_EXAMPLES)
+    @given(seed=st.integers(0, 2**32 - 1))
+    def check(seed: int) -> None:
+        fitres, honest = _secure_meta(seed)
+        meta = client_meta(fitres)  # never raises: a reply or a reason
+        if isinstance(meta, str):
+            tally["rejected"] += 1
+            assert meta.strip() and not honest, meta
+            return
+        tally["accepted"] += 1
+        assert math.isfinite(meta.epsilon) and meta.epsilon >= 0
+        assert isinstance(meta.weight, int) and meta.weight >= 0
+        assert meta.test_accuracy is None or 0 <= meta.test_accuracy <= 1
+        assert all(isinstance(x, str) and len(x) <= 256
+                   for x in (meta.client_id, meta.student, meta.reason))
+
+    return check
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_fuzz_secure_metadata_is_a_reply_or_a_reason() -> None:
+    tally = {"accepted": 0, "rejected": 0}
+    _secure_meta_fuzz(tally)()
+    assert min(tally.values()) >= SECURE_META_EXAMPLES // 20
+    print(f"client_meta: {tally}")
 
 
 # --------------------------------------------------------------- whole replies

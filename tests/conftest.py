@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from common.config import FedConfig
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +21,25 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_in_process(cfg: FedConfig) -> list[dict]:
+    """The real ServerApp and ClientApp over Flower's Messages in this process (one node
+    per client, simulations/inprocess.py); returns the run's metrics.jsonl records."""
+    from flwr.app import Context, RecordDict
+
+    from client.app import app as client_app
+    from coordinator.app import main
+    from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
+    from simulations.runner import write_node_policies
+
+    write_node_policies(cfg, Path(cfg.out_dir))
+    saved = set_task_identity(1)
+    try:
+        grid = InProcessGrid(client_app, cfg.to_run_config(), cfg.num_clients)
+        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                           run_config=cfg.to_run_config()))
+    finally:
+        restore_task_identity(saved)
+    lines = (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_in_process
 
 from common.config import FedConfig
 from common.errors import ConfigError, DataError
@@ -165,29 +166,11 @@ def test_the_real_minilm_weights_load_from_their_wheel_and_tell_texts_apart():
 def test_a_federation_of_probes_runs_on_a_local_backbone(tiny_bert, tmp_path):
     """Coordinator and two clients (Flower's Message path, in process) on a tiny backbone:
     the fingerprint covers the weights, the probes train under DP, ε lands in the ledger."""
-    import json
-
-    from flwr.app import Context, RecordDict
-
-    from client.app import app as client_app
-    from coordinator.app import main
-    from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
-    from simulations.runner import write_node_policies
-
     cfg = FedConfig(backbone=f"hf:{tiny_bert}", teacher_family="probe",
                     students="probe,probe-mlp", num_clients=2, rounds=1, max_len=16,
                     public_batch_size=64, teacher_epochs=2, teacher_distill_epochs=1,
                     student_distill_epochs=1, dp_epochs=0.2, out_dir=str(tmp_path / "run"))
-    write_node_policies(cfg, tmp_path / "run")
-    saved = set_task_identity(1)
-    try:
-        grid = InProcessGrid(client_app, cfg.to_run_config(), cfg.num_clients)
-        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                           run_config=cfg.to_run_config()))
-    finally:
-        restore_task_identity(saved)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    last = records[-1]
+    last = run_in_process(cfg)[-1]
     assert last["round"] == 1 and last["replies"] == 2 and not last["rejected"]
     assert set(last["students"].values()) == {"probe", "probe-mlp"}
     assert 0 < last["epsilon_max"] <= cfg.epsilon

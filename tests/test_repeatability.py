@@ -6,12 +6,11 @@ its secret (common/privacy/secrets.py); with both fixed, nothing else may move a
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
+from conftest import run_in_process
 
 from common.config import FedConfig
 from common.privacy.secrets import NODE_SECRET_FILE
@@ -21,21 +20,7 @@ VOLATILE = ("seconds", "ledgers")
 
 
 def _run(cfg: FedConfig) -> list[dict]:
-    from client.app import app as client_app
-    from coordinator.app import main
-    from simulations.inprocess import InProcessGrid, restore_task_identity, set_task_identity
-    from simulations.runner import write_node_policies
-
-    write_node_policies(cfg, Path(cfg.out_dir))
-    saved = set_task_identity(1)
-    try:
-        grid = InProcessGrid(client_app, cfg.to_run_config(), cfg.num_clients)
-        main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                           run_config=cfg.to_run_config()))
-    finally:
-        restore_task_identity(saved)
-    lines = (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in run_in_process(cfg)]
 
 
 def _config(out: Path) -> FedConfig:

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from common.errors import FedistillError
 from simulations.dpsgd_audit_cli import dpsgd_command
-from simulations.softlabel_audit import softlabel_command
+from simulations.softlabel_audit_cli import softlabel_command
 
 if TYPE_CHECKING:  # the heavy modules load only when a command runs
     from common.privacy.auditing import AttackMetrics

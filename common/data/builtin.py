@@ -29,12 +29,8 @@ from typing import Any
 import numpy as np
 
 from common.data.catalog import register
-from common.data.loaders import (
-    read_labeled_texts,
-    text_classification_dataset,
-    text_corpus_dataset,
-    time_series_dataset,
-)
+from common.data.corpus import text_corpus_dataset
+from common.data.loaders import read_labeled_texts, text_classification_dataset
 from common.data.roles import (
     DatasetRoles,
     Split,
@@ -45,6 +41,7 @@ from common.data.roles import (
     lm_roles,
     with_info,
 )
+from common.data.timeseries import time_series_dataset
 from common.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -665,8 +662,8 @@ def etth1(
     teacher 2,761 / test 2,761 windows.
     """
     del seed, cache_dir
-    from common.data.loaders import read_time_series_csv
     from common.data.roles import forecast_roles
+    from common.data.timeseries import read_time_series_csv
 
     path = shared_data_dir("etth1") / "etth1" / "ETTh1.csv"
     series, names = read_time_series_csv(path, time_column="date")

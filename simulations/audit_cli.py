@@ -34,12 +34,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import FedistillError
-from simulations.dpsgd_audit import dpsgd_command
-from simulations.softlabel_audit import softlabel_command
+from simulations.dpsgd_audit_cli import dpsgd_command
+from simulations.softlabel_audit_cli import softlabel_command
 
 if TYPE_CHECKING:  # the heavy modules load only when a command runs
     from common.privacy.auditing import AttackMetrics
-    from simulations.ledger_audit import Finding
+    from simulations.ledger_verify import Finding
     from simulations.mia import CanaryAuditResult, StudentAuditResult
 
 audit_app = typer.Typer(
@@ -99,13 +99,13 @@ def verify_command(
     fails (a missing key or ledger, an empty, torn or tampered ledger, a changed δ, a
     mismatch with the coordinator's heads), 2 on bad usage or unreadable input.
     """
-    from simulations.ledger_audit import (
+    from simulations.ledger_report import verify_table
+    from simulations.ledger_verify import (
         keys_for,
         load_coordinator_metrics,
         resolve_ledgers,
         verify_findings,
         verify_ledger,
-        verify_table,
     )
 
     try:
@@ -144,7 +144,9 @@ def report_command(
 ) -> None:
     """Recompute every client's ε from its ledger's events (Opacus, and dp_accounting's
     RDP and PLD as an independent second accountant) and compare with its claims."""
-    from simulations.ledger_audit import audit_ledgers, report_table, resolve_ledgers, write_report
+    from simulations.ledger_audit import audit_ledgers
+    from simulations.ledger_report import report_table, write_report
+    from simulations.ledger_verify import resolve_ledgers
 
     try:
         report = audit_ledgers(resolve_ledgers(ledgers), budget=budget, public_keys=public_key,

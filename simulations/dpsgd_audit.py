@@ -44,6 +44,9 @@ by how much more they learn. Guess counts are fixed before the run's scores are 
 (by simulating the *claimed* mechanism with a public seed, plus Steinke et al.'s m/4 per
 side, with a Bonferroni correction for the two): choosing them on the run's own scores
 would void the bound.
+
+This module is the experiment; :mod:`simulations.dpsgd_audit_stats` holds its statistics
+(observations, scores, guesses) and :mod:`simulations.dpsgd_audit_cli` its command line.
 """
 
 from __future__ import annotations
@@ -51,15 +54,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import typer
 
 from common.errors import ConfigError, FedistillError
+from simulations.dpsgd_audit_stats import (
+    auditor_scores,
+    choose_guesses,
+    opacus_expected_batch_size,
+    poisson_masks,
+    simulate_claimed_run,
+    step_observations,
+)
 
 if TYPE_CHECKING:  # torch, Opacus and scipy load only when an audit runs: `fedistill` starts fast
     import torch
@@ -72,9 +80,6 @@ if TYPE_CHECKING:  # torch, Opacus and scipy load only when an audit runs: `fedi
 log = logging.getLogger(__name__)
 ACCOUNTANTS = ("rdp", "prv")  # common.privacy.accounting.ACCOUNTANTS (checked in the tests)
 
-# dp_train's SGD (common/training/dp.py: _make_optimizer): the per-step auditor undoes it.
-# tests/test_audit_dpsgd.py (the σ = 0 run through dp_train) fails if it changes.
-SGD_MOMENTUM = 0.9
 CANARY_LABEL = 0
 # u = (1, -1)/sqrt(2): a label-0 canary's clipped gradient is -C u (descent pushes +u).
 _U = np.array([1.0, -1.0]) / math.sqrt(2.0)
@@ -248,121 +253,6 @@ def canary_dataset(cfg: DpsgdAuditConfig, included: np.ndarray) -> tuple[Tensor,
     y = torch.cat([ordinary % 2, torch.full((cfg.canaries,), CANARY_LABEL)])
     return x, y
 
-
-# ---------------------------------------------------------------- what the auditor sees
-def poisson_masks(sampling_seed: int, *, num_examples: int, sample_rate: float,
-                  steps: int) -> np.ndarray:
-    """Which examples each of ``steps`` DP-SGD steps sampled, recomputed from the seed.
-
-    Replays the generator draws of ``dp_train``'s loader: every pass over the loader
-    first draws the DataLoader iterator's base seed, then Opacus'
-    ``UniformWithReplacementSampler`` draws ``torch.rand(n) < q`` for each of its
-    ``int(1 / q)`` batches. Returns a (steps, n) bool array.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(sampling_seed)
-    per_pass = int(1 / sample_rate)  # the sampler's own batch count
-    masks: list[np.ndarray] = []
-    while len(masks) < steps:
-        torch.empty((), dtype=torch.int64).random_(generator=gen)  # the iterator's base seed
-        for _ in range(min(per_pass, steps - len(masks))):
-            masks.append((torch.rand(num_examples, generator=gen) < sample_rate).numpy())
-    return np.stack(masks)
-
-
-def opacus_expected_batch_size(num_examples: int, sample_rate: float) -> int:
-    """The B that Opacus divides the noisy gradient sum by (PrivacyEngine.make_private)."""
-    return int(num_examples * sample_rate)
-
-
-def step_observations(snapshots: np.ndarray, *, lr: float, expected_batch_size: int,
-                      max_grad_norm: float, momentum: float = SGD_MOMENTUM) -> np.ndarray:
-    """Each step's noisy gradient on each canary row along u, in units of C: (T, m).
-
-    ``snapshots`` (T + 1, m) are the projected rows before every step and after the last.
-    SGD with momentum moves by -lr * buf_t with buf_t = momentum * buf_{t-1} + g_t, so
-    g_t = -(d_t - momentum * d_{t-1}) / lr for the moves d_t. Opacus' g_t along u is
-    (-b_t C + N(0, σ²C²)) / B, so the returned z_t = b_t + σ N(0, 1).
-    """
-    moves = np.diff(snapshots, axis=0)  # (T, m)
-    previous = np.vstack([np.zeros_like(moves[:1]), moves[:-1]])
-    return (moves - momentum * previous) * expected_batch_size / (lr * max_grad_norm)
-
-
-def momentum_weights(steps: int, momentum: float = SGD_MOMENTUM) -> np.ndarray:
-    """How much step s's gradient moves the final model: sum_{t>=s} momentum^(t-s)."""
-    remaining = np.arange(steps, 0, -1)  # T - s + 1 for s = 1..T
-    return (1 - momentum ** remaining) / (1 - momentum)
-
-
-def auditor_scores(z: np.ndarray, masks: np.ndarray, *, sigma: float,
-                   sample_rate: float) -> dict[str, np.ndarray]:
-    """The four auditors' scores (higher = "in") from observations z (T, m).
-
-    ``masks`` (T, m) are the canary slots' Poisson draws, used only by the *known*
-    auditors. ``sigma`` is the claimed noise multiplier: each score is the log-likelihood
-    ratio of "in" vs "out" under the claimed mechanism (any score gives a valid bound; the
-    likelihood ratio is the most powerful one when the claim is true).
-    """
-    w = momentum_weights(len(z))
-    final = w @ z  # (m,): (W_T - W_0) along u, in units of lr C / B
-    mu = w @ masks  # (m,): the final move's mean if the canary is in
-    var = sigma**2 * float(w @ w)
-    per_step = (z - 0.5) / sigma**2  # log N(z; 1, σ²) / N(z; 0, σ²), (T, m)
-    if sample_rate < 1:
-        secret = np.logaddexp(math.log1p(-sample_rate), math.log(sample_rate) + per_step)
-    else:
-        secret = per_step
-    return {
-        "final/secret": final,
-        "steps/secret": secret.sum(axis=0),
-        "final/known": (mu * final - mu**2 / 2) / var,
-        "steps/known": (masks * per_step).sum(axis=0),
-    }
-
-
-# ---------------------------------------------------------------- guesses and bounds
-def _bound_grid(m: int) -> list[int]:
-    return sorted({0, *np.unique(np.geomspace(1, m, 28).round().astype(int)).tolist()})
-
-
-def choose_guesses(scores: np.ndarray, included: np.ndarray, *, delta: float,
-                   confidence: float) -> tuple[int, int, float]:
-    """(k_pos, k_neg, bound) that maximise the one-run bound on *these* scores.
-
-    Call it on a simulated run only: picking k on the audited run's own scores would
-    void the bound's confidence, which holds for guesses fixed in advance.
-    """
-    from common.privacy.auditing import one_run_epsilon_lower_bound, one_run_p_value
-
-    m = len(scores)
-    order = np.argsort(-scores, kind="stable")
-    hits_in = np.concatenate([[0], np.cumsum(included[order])])  # right among k highest
-    hits_out = np.concatenate([[0], np.cumsum(~included[order][::-1])])  # among k lowest
-    pairs = [(a, b) for a in _bound_grid(m) for b in _bound_grid(m) if 0 < a + b <= m]
-    # Steinke et al.'s k = m/4 per side first: it stays the choice when nothing beats it.
-    best = (max(1, m // 4), max(1, m // 4), 0.0)
-    for k_pos, k_neg in [best[:2], *pairs]:
-        r, v = k_pos + k_neg, int(hits_in[k_pos] + hits_out[k_neg])
-        # The p-value grows with ε: when it does not reject the best ε so far, this pair
-        # cannot beat it (one p-value instead of a whole bisection).
-        if one_run_p_value(m, r, v, epsilon=best[2], delta=delta) >= 1 - confidence:
-            continue
-        bound = one_run_epsilon_lower_bound(m, r, v, delta=delta, confidence=confidence,
-                                            tol=1e-3)
-        if bound > best[2]:
-            best = (k_pos, k_neg, bound)
-    return best
-
-
-def simulate_claimed_run(m: int, *, steps: int, sigma: float, sample_rate: float,
-                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coins, Poisson masks and observations of an ideal run of the claimed mechanism."""
-    included = rng.random(m) < 0.5
-    masks = rng.random((steps, m)) < sample_rate
-    z = masks * included + sigma * rng.standard_normal((steps, m))
-    return included, masks, z
 
 
 def _guess_rules(cfg: DpsgdAuditConfig, sim_scores: np.ndarray,
@@ -553,99 +443,3 @@ def run_dpsgd_audit(cfg: DpsgdAuditConfig, *, device: torch.device | None = None
         auditors=tuple(auditors), canary_grad_norm_min=norm_min,
         seconds=time.perf_counter() - start, notes=tuple(notes),
     )
-
-
-# ---------------------------------------------------------------- command line
-def _result_table(result: DpsgdAuditResult):  # noqa: ANN202 - a rich Table
-    from rich.table import Table
-
-    table = Table(title=f"White-box DP-SGD audit: claimed ε = {result.epsilon_claimed:.4g} "
-                        f"(δ = {result.config['delta']:g}), "
-                        f"{result.config['canaries']} canaries")
-    table.add_column("auditor", no_wrap=True)
-    for column in ("in / out", "right / guesses", "ε lower bound", "ceiling", "ideal (sim.)"):
-        table.add_column(column, justify="right")
-    for a in result.auditors:
-        table.add_row(a.name, f"{a.k_pos} / {a.k_neg}", f"{a.audit.correct} / {a.audit.guesses}",
-                      f"{a.audit.epsilon_lower_bound:.3f}", f"{a.ceiling:.3f}",
-                      f"{a.simulated:.3f}")
-    return table
-
-
-def dpsgd_command(
-    epsilon: Annotated[float | None, typer.Option(
-        help="Claimed ε at --delta; σ is calibrated to it (default 8 unless "
-             "--noise-multiplier).")] = None,
-    noise_multiplier: Annotated[float | None, typer.Option(
-        help="Claim σ instead of ε (ε is then the accountant's for it).")] = None,
-    actual_noise_multiplier: Annotated[float | None, typer.Option(
-        help="σ given to dp_train (default: the claimed σ). Lower it to check that the "
-             "audit catches a run with less noise than claimed.")] = None,
-    delta: Annotated[float, typer.Option(help="δ of the claim and the bound.")] = 1e-5,
-    canaries: Annotated[int, typer.Option(help="m Dirac canaries, each in with prob. "
-                                               "1/2.")] = 1000,
-    ordinary: Annotated[int, typer.Option(help="Ordinary examples.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Expected batch size (q = 1 / "
-                                                 "ceil(n / batch)).")] = 100,
-    steps: Annotated[int, typer.Option(help="DP-SGD steps (one dp_train call).")] = 100,
-    lr: Annotated[float, typer.Option(help="SGD learning rate (small keeps canaries "
-                                           "clipped to C).")] = 1e-3,
-    accountant: Annotated[str, typer.Option(help="Accountant of the claim: rdp or "
-                                                 "prv.")] = "rdp",
-    k_pos: Annotated[int | None, typer.Option(help="Guesses 'in' for every auditor "
-                                                   "(default: chosen on a simulated "
-                                                   "claimed run).")] = None,
-    k_neg: Annotated[int | None, typer.Option(help="Guesses 'out' (with --k-pos).")] = None,
-    confidence: Annotated[float, typer.Option(help="Confidence of the bounds.")] = 0.95,
-    seed: Annotated[int, typer.Option(help="Public seed: coins, data, the simulation.")] = 0,
-    sampling_seed: Annotated[int | None, typer.Option(
-        help="Poisson sampling seed (default: fresh). Only the 'known' auditors get "
-             "it.")] = None,
-    noise_seed: Annotated[int | None, typer.Option(
-        help="Noise seed, for a reproducible run (default: fresh). No auditor gets "
-             "it.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write dpsgd_audit.json here.")] = None,
-) -> None:
-    """White-box audit of dp_train with Dirac canaries (Nasr et al. 2023; one run).
-
-    Exits 1 when an auditor of the deployed threat model (sampling secret) bounds ε above
-    the claim, 2 on bad input.
-    """
-    import torch
-    from rich.console import Console
-
-    from simulations.audit_output import finish_audit
-
-    console = Console()
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-    try:
-        if epsilon is None and noise_multiplier is None:
-            epsilon = 8.0
-        cfg = DpsgdAuditConfig(
-            epsilon=epsilon, noise_multiplier=noise_multiplier,
-            actual_noise_multiplier=actual_noise_multiplier, delta=delta, canaries=canaries,
-            ordinary=ordinary, batch_size=batch_size, steps=steps, lr=lr,
-            accountant=accountant, k_pos=k_pos, k_neg=k_neg, confidence=confidence,
-            seed=seed, sampling_seed=sampling_seed, noise_seed=noise_seed)
-        with console.status("training with Dirac canaries through dp_train ..."):
-            result = run_dpsgd_audit(cfg)
-    except FedistillError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from None
-    console.print(_result_table(result))
-    for name, threat in AUDITORS.items():
-        console.print(f"  {name}: {threat}")
-    console.print("  ceiling: the bound with every one of these guesses right; ideal: the "
-                  "same rule on a simulated run of the claimed mechanism")
-    console.print(
-        f"σ claimed {result.noise_multiplier_claimed:.4g} / run "
-        f"{result.noise_multiplier_run:.4g}, q = {result.sample_rate:.4g}, "
-        f"steps = {result.steps}, canaries in = {result.included} / {cfg.canaries}, "
-        f"ceiling with all {cfg.canaries} guessed right = {result.ceiling_all:.3f}, "
-        f"{result.seconds:.1f} s")
-    finish_audit(console, notes=result.notes, out=out, filename="dpsgd_audit.json",
-                 payload=result.to_dict(), consistent=result.consistent,
-                 failure="An auditor with secret sampling bounds ε above the claim: the "
-                         "claim is false, or dp_train does not do what the accountant "
-                         "assumes.")

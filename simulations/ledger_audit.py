@@ -1,51 +1,38 @@
-"""Auditing privacy ledgers: verify them, recompute ε from their events, report.
+"""Auditing privacy ledgers: recompute ε from their events and compare it with their claims.
 
 An auditor trusts neither the coordinator nor the numbers a client logged, and nothing
 that was not checked counts as checked (fail closed). So:
 
-- :func:`verify_ledger` checks the file byte for byte (canonical lines, hash chain) and
-  every record's Ed25519 signature against the client's public key, and names the first
-  bad record with its position;
+- :mod:`simulations.ledger_verify` checks each ledger's bytes, hash chain and signatures,
+  and compares it with the heads the coordinator recorded in ``metrics.jsonl``;
 - a record whose δ differs from the first record's is refused by the ledger's parser
   (:class:`~common.privacy.ledger.PrivacyLedger`), so it fails both verify and report;
-- :func:`coordinator_findings` compares a ledger with the heads the coordinator recorded
-  in ``metrics.jsonl`` (truncation, rollback or rewrite, a swapped key);
-- :func:`audit_ledgers` recomputes every record's ε from the recorded events, with the
-  recorded accountant and with RDP as a cross-check, compares it with the ε the record
+- :func:`audit_ledgers` (here) recomputes every record's ε from the recorded events, with
+  the recorded accountant and with RDP as a cross-check, compares it with the ε the record
   claims (a difference above 1e-6 is a finding), recomputes each client's ε with a
   second library (:mod:`common.privacy.independent`, Google's ``dp_accounting``) and
   summarises budgets across clients;
-- :func:`write_report` writes the table as JSON and CSV and plots ε over rounds.
+- :mod:`simulations.ledger_report` writes the table as JSON and CSV and plots ε over rounds.
 
 Nothing here imports ``client`` or ``coordinator``: the auditor sees only files.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
-import os
-import re
 import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import opacus
 from opacus.accountants import RDPAccountant
-from rich.table import Table
 
-from common.crypto.keys import (
-    LEDGER_PUBLIC_KEY_FILE,
-    key_fingerprint,
-    ledger_verifier,
-    load_public_key,
-)
-from common.errors import ConfigError, CryptoError, LedgerError
+from common.crypto.keys import LEDGER_PUBLIC_KEY_FILE
+from common.errors import ConfigError, LedgerError
 from common.privacy.accounting import DpEvent, check_budget, epsilon_from_events
 from common.privacy.independent import (
     DP_ACCOUNTING_VERSION,
@@ -56,6 +43,14 @@ from common.privacy.independent import (
 )
 from common.privacy.ledger import LedgerRecord, PrivacyLedger
 from simulations.audit_output import json_safe
+from simulations.ledger_verify import (
+    CoordinatorHeads,
+    Finding,
+    coordinator_findings,
+    keys_for,
+    load_coordinator_metrics,
+    verify_ledger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,301 +59,6 @@ log = logging.getLogger(__name__)
 # here, the two libraries agree to ~1e-11 (common/privacy/independent.py), and a
 # fixed number is what an auditor can state ("to 1e-6").
 TOLERANCE = 1e-6
-
-
-# ---------------------------------------------------------------- locating ledgers
-def resolve_ledgers(paths: Sequence[Path]) -> list[Path]:
-    """Ledger files named by ``paths``: a file, a client directory, or a run directory.
-
-    A path that does not exist or a file that cannot be read is bad input
-    (:class:`ConfigError`, exit 2): the audit refuses to start rather than skip it.
-    """
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise ConfigError(f"{path}: no such file or directory; pass ledger files, "
-                              "client directories or a run directory that exist.")
-        if path.is_dir():
-            if (path / "ledger.jsonl").exists():
-                found.append(path / "ledger.jsonl")
-                continue
-            inside = sorted(path.glob("clients/*/ledger.jsonl"))
-            if not inside:
-                raise ConfigError(
-                    f"{path} is a directory without ledger.jsonl or clients/*/ledger.jsonl; "
-                    "pass ledger files, client directories or a run directory."
-                )
-            found.extend(inside)
-        else:
-            found.append(path)
-    for ledger in found:
-        if not os.access(ledger, os.R_OK):
-            raise ConfigError(f"{ledger}: the ledger cannot be read (permission denied); "
-                              "run the audit as a user who can read it.")
-    return found
-
-
-# ---------------------------------------------------------------- verify
-@dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of verifying one ledger against one public key."""
-
-    ledger: str
-    ok: bool
-    records: int  # records that verified (all of them when ok)
-    public_key: str | None  # the key file used
-    fingerprint: str | None  # sha256 of the raw public key
-    bad_record: int | None  # index of the first bad record (= bad_line - 1)
-    bad_line: int | None  # its 1-based line number
-    torn: bool  # the file does not end in a newline: a write was interrupted
-    message: str
-
-
-def verify_ledger(path: Path, public_key: Path | None = None) -> VerifyResult:
-    """Check the file, the hash chain and every signature of the ledger at ``path``.
-
-    ``public_key`` defaults to ``ledger_key.pub`` beside the ledger. A missing key, a
-    missing, unreadable or empty ledger, or an unsigned record is a failure: a ledger
-    whose signatures were not checked is not verified.
-    """
-    key_path = public_key if public_key is not None else path.parent / LEDGER_PUBLIC_KEY_FILE
-
-    def fail(message: str, *, records: int = 0, line: int | None = None,
-             torn: bool = False, fingerprint: str | None = None) -> VerifyResult:
-        return VerifyResult(str(path), False, records, str(key_path), fingerprint,
-                            None if line is None else line - 1, line, torn, message)
-
-    if not path.is_file():
-        return fail(f"{path}: no such ledger file; pass the client's ledger.jsonl")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return fail(f"{path}: cannot read the ledger ({exc}); run the audit as a user "
-                    "who can read it")
-    torn = bool(data) and not data.endswith(b"\n")
-    try:
-        key = load_public_key(key_path)
-    except CryptoError as exc:
-        return fail(str(exc), torn=torn)
-    fingerprint = key_fingerprint(key)
-    try:
-        count = PrivacyLedger(path).verify(ledger_verifier(key))
-    except LedgerError as exc:
-        records = exc.line - 1 if exc.line is not None else 0
-        return fail(str(exc), records=records, line=exc.line, torn=torn,
-                    fingerprint=fingerprint)
-    if count == 0:
-        return fail(f"{path}: the ledger is empty; there is nothing to verify. A client "
-                    "that spent ε has records: restore the ledger from a backup",
-                    fingerprint=fingerprint)
-    return VerifyResult(str(path), True, count, str(key_path), fingerprint, None, None, False,
-                        f"{count} records: canonical lines, hash chain and signatures valid")
-
-
-def verify_table(results: Sequence[VerifyResult]) -> Table:
-    """The terminal table of ``fedistill audit verify``."""
-    table = Table(title="fedistill audit verify")
-    for column in ("ledger", "result", "records", "first bad", "key", "detail"):
-        table.add_column(column)
-    for r in results:
-        first_bad = "" if r.bad_record is None else f"record {r.bad_record} (line {r.bad_line})"
-        table.add_row(
-            r.ledger,
-            "[green]OK[/green]" if r.ok else ("[red]TORN[/red]" if r.torn else "[red]FAIL[/red]"),
-            str(r.records),
-            first_bad,
-            (r.fingerprint or "-")[:19],
-            r.message,
-        )
-    return table
-
-
-def verify_findings(
-    results: Sequence[VerifyResult], coordinator: CoordinatorHeads | None = None
-) -> list[Finding]:
-    """What ``audit verify`` checks beyond bytes and signatures, on the ledgers that
-    verified: with the coordinator's metrics, the heads it recorded."""
-    if coordinator is None:
-        return []
-    return [
-        finding
-        for result in results
-        if result.ok
-        for finding in coordinator_findings(result.ledger,
-                                            PrivacyLedger(result.ledger).records(),
-                                            result.fingerprint, coordinator)
-    ]
-
-
-# ---------------------------------------------------------------- findings
-Severity = Literal["error", "note"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """Something an auditor must look at: ``error`` fails the audit, ``note`` informs."""
-
-    ledger: str
-    severity: Severity
-    record: int | None
-    message: str
-
-
-# ---------------------------------------------------------------- coordinator heads
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class CoordinatorHead:
-    """What the coordinator recorded about one client's ledger after one round."""
-
-    round: int
-    line: int  # 1-based line in metrics.jsonl
-    head: str  # hash of the ledger's last record
-    records: int  # the ledger's record count after that round
-    key: str  # fingerprint of the key the client signed with
-
-
-CoordinatorHeads = dict[str, list[CoordinatorHead]]  # by client id, in file order
-
-
-def load_coordinator_metrics(path: Path) -> CoordinatorHeads:
-    """The ledger heads in a coordinator's ``metrics.jsonl``, by client id.
-
-    Round lines (those with ``"round"``) may carry ``"ledgers": {client_id: {"head",
-    "records", "key"}}``. A file that cannot be read or parsed, a malformed entry, or a
-    file with no entry at all is bad input (:class:`ConfigError`): a cross-check that
-    could not run must not pass.
-    """
-    where = f"--coordinator-metrics {path}"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc}); pass the run's "
-                          "metrics.jsonl") from exc
-    heads: CoordinatorHeads = {}
-    for number, line in enumerate(lines, start=1):
-        record = _metrics_line(where, number, line) if line.strip() else {}
-        if "round" not in record:
-            continue
-        for client_id, raw in _ledgers_of(where, number, record).items():
-            heads.setdefault(client_id, []).append(
-                _coordinator_head(f"{where} line {number}, client {client_id!r}",
-                                  record["round"], number, raw))
-    if not heads:
-        raise ConfigError(f"{where}: no round line carries a 'ledgers' entry, so there is "
-                          "nothing to compare the ledgers with (a coordinator that does not "
-                          "record ledger heads); drop --coordinator-metrics.")
-    return heads
-
-
-def _metrics_line(where: str, number: int, line: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: line {number} is not JSON ({exc}); pass the "
-                          "coordinator's metrics.jsonl unmodified.") from exc
-    if not isinstance(record, dict):
-        raise ConfigError(f"{where}: line {number} is not a JSON object.")
-    return record
-
-
-def _ledgers_of(where: str, number: int, record: dict[str, Any]) -> dict[str, Any]:
-    ledgers = record.get("ledgers", {})
-    if not isinstance(ledgers, dict):
-        raise ConfigError(f"{where}: line {number}: 'ledgers' must be an object mapping "
-                          f"client ids to ledger heads, found {type(ledgers).__name__}.")
-    if isinstance(record["round"], bool) or not isinstance(record["round"], int):
-        raise ConfigError(f"{where}: line {number}: 'round' must be an integer, "
-                          f"found {record['round']!r}.")
-    return ledgers
-
-
-def _coordinator_head(where: str, rnd: int, number: int, raw: object) -> CoordinatorHead:
-    if not isinstance(raw, dict) or set(raw) != {"head", "records", "key"}:
-        raise ConfigError(f"{where}: expected an object with keys head, records and key, "
-                          f"found {raw!r}.")
-    head, records, key = raw["head"], raw["records"], raw["key"]
-    if not (isinstance(head, str) and _HEX64.fullmatch(head)):
-        raise ConfigError(f"{where}: head={head!r} is not a sha256 hex digest.")
-    if isinstance(records, bool) or not isinstance(records, int) or records < 0:
-        raise ConfigError(f"{where}: records={records!r} is not a count >= 0.")
-    if not (isinstance(key, str) and _FINGERPRINT.fullmatch(key)):
-        raise ConfigError(f"{where}: key={key!r} is not a key fingerprint (sha256:<hex>).")
-    return CoordinatorHead(rnd, number, head, records, key)
-
-
-def coordinator_findings(
-    ledger: str,
-    records: Sequence[LedgerRecord],
-    fingerprint: str | None,
-    heads: CoordinatorHeads,
-) -> list[Finding]:
-    """Compare a ledger with every head the coordinator recorded for its client.
-
-    The client is the last record's ``client_id``. ``fingerprint`` is that of the key the
-    ledger was verified with (None: signatures were not checked). A client the
-    coordinator never saw is a note; a client the coordinator saw without a ledger
-    here is not looked at (it may simply not be audited).
-    """
-    if not records:
-        return []
-    client_id = records[-1].client_id
-    entries = heads.get(client_id)
-    if not entries:
-        return [Finding(ledger, "note", None,
-                        f"client {client_id!r} never appears in the coordinator's metrics: "
-                        "its ledger could not be compared with a recorded head (a client of "
-                        "another run, or one whose replies the coordinator never kept)")]
-    return [*_truncation(ledger, records, entries), *_rollback(ledger, records, entries),
-            *_key_swap(ledger, client_id, fingerprint, entries)]
-
-
-def _truncation(ledger: str, records: Sequence[LedgerRecord],
-                entries: list[CoordinatorHead]) -> list[Finding]:
-    latest = max(entries, key=lambda e: e.records)
-    if latest.records <= len(records):
-        return []
-    return [Finding(ledger, "error", len(records),
-                    f"the ledger has {len(records)} records, but the coordinator saw "
-                    f"{latest.records} after round {latest.round} (metrics line "
-                    f"{latest.line}): records were cut off its end, and their ε was spent. "
-                    "Restore the ledger from a backup before trusting its ε")]
-
-
-def _rollback(ledger: str, records: Sequence[LedgerRecord],
-              entries: list[CoordinatorHead]) -> list[Finding]:
-    bad = sorted((e for e in entries if 0 < e.records <= len(records)
-                  and records[e.records - 1].hash != e.head), key=lambda e: e.records)
-    if not bad:
-        return []
-    first, index = bad[0], bad[0].records - 1
-    more = f" ({len(bad) - 1} later rounds disagree too)" if len(bad) > 1 else ""
-    return [Finding(ledger, "error", index,
-                    f"record {index} has hash {records[index].hash[:12]}..., but after round "
-                    f"{first.round} the coordinator recorded head {first.head[:12]}... for "
-                    f"{first.records} records (metrics line {first.line}){more}: the ledger "
-                    "was rolled back or rewritten. Restore the ledger the coordinator saw; "
-                    f"records from {index} on are not the ones the client reported")]
-
-
-def _key_swap(ledger: str, client_id: str, fingerprint: str | None,
-              entries: list[CoordinatorHead]) -> list[Finding]:
-    if fingerprint is None:
-        return [Finding(ledger, "note", None,
-                        f"signatures were not checked (--allow-unsigned), so the key the "
-                        f"coordinator recorded for {client_id!r} ({entries[-1].key[:19]}...) "
-                        "was not compared; pass the client's public key to compare it")]
-    other = [e for e in entries if e.key != fingerprint]
-    if not other:
-        return []
-    rounds = ", ".join(str(e.round) for e in other[:5]) + (" ..." if len(other) > 5 else "")
-    return [Finding(ledger, "error", None,
-                    f"the ledger verifies with key {fingerprint[:19]}..., but the coordinator "
-                    f"recorded key {other[0].key[:19]}... for {client_id!r} (rounds {rounds}): "
-                    "the ledger and its public key were replaced together. Audit with the "
-                    "key the client registered (--public-key), and distrust this ledger")]
 
 
 # ---------------------------------------------------------------- report
@@ -712,138 +412,3 @@ def audit_ledgers(
         exhausted=[c.client_id for c in clients if c.exhausted],
     )
 
-
-def keys_for(paths: Sequence[Path], public_keys: Sequence[Path] | None) -> list[Path | None]:
-    """The ``--public-key`` to check each ledger with: none given (None each: the ledger's
-    own ledger_key.pub), one for all, or one per ledger in order."""
-    if not public_keys:
-        return [None] * len(paths)
-    for key in public_keys:
-        if not key.is_file():
-            raise ConfigError(f"--public-key {key}: no such file; pass the client's "
-                              "ledger_key.pub.")
-    if len(public_keys) == 1:
-        return [public_keys[0]] * len(paths)
-    if len(public_keys) != len(paths):
-        raise ConfigError(
-            f"Got {len(public_keys)} --public-key values for {len(paths)} ledgers; give "
-            "none (each ledger's ledger_key.pub), one for all, or one per ledger in order."
-        )
-    return list(public_keys)
-
-
-# ---------------------------------------------------------------- outputs
-_CLIENT_COLUMNS = ("ledger", "client_id", "records", "signatures", "key_fingerprint",
-                   "accountant", "delta", "epsilon", "epsilon_rdp", "epsilon_rdp_int",
-                   "epsilon_dpa_rdp", "epsilon_dpa_rdp_int", "epsilon_dpa_rdp_lower",
-                   "epsilon_dpa_pld", "budget", "budget_left", "exhausted",
-                   "coordinator_records", "errors", "notes")
-_RECORD_COLUMNS = ("ledger", "client_id", "index", "run_id", "round", "timestamp",
-                   "noise_multiplier", "sample_rate", "steps", "accountant",
-                   "accountant_version", "delta", "epsilon_claimed", "epsilon_recomputed",
-                   "epsilon_rdp", "difference")
-
-
-def _client_row(c: ClientAudit) -> dict[str, Any]:
-    ind = c.independent
-    return {
-        "ledger": c.ledger, "client_id": c.client_id, "records": len(c.records),
-        "signatures": c.signatures, "key_fingerprint": c.key_fingerprint,
-        "accountant": c.accountant, "delta": c.delta, "epsilon": c.epsilon,
-        "epsilon_rdp": c.epsilon_rdp, "epsilon_rdp_int": c.epsilon_rdp_int,
-        "epsilon_dpa_rdp": ind and ind.rdp, "epsilon_dpa_rdp_int": ind and ind.rdp_integer,
-        "epsilon_dpa_rdp_lower": ind and ind.rdp_lower, "epsilon_dpa_pld": ind and ind.pld,
-        "budget": c.budget, "budget_left": c.budget_left, "exhausted": c.exhausted,
-        "coordinator_records": c.coordinator_records,
-        "errors": sum(f.severity == "error" for f in c.findings),
-        "notes": sum(f.severity == "note" for f in c.findings),
-    }
-
-
-def write_report(report: AuditReport, out: Path) -> dict[str, Path]:
-    """Write ``audit_report.json``, ``audit_clients.csv``, ``audit_records.csv`` and
-    ``epsilon_over_rounds.png`` into ``out``; return their paths by kind."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out / "audit_report.json",
-        "clients_csv": out / "audit_clients.csv",
-        "records_csv": out / "audit_records.csv",
-        "plot": out / "epsilon_over_rounds.png",
-    }
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
-    with paths["clients_csv"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_CLIENT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_client_row(c) for c in report.clients)
-    with paths["records_csv"].open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=_RECORD_COLUMNS)
-        writer.writeheader()
-        for c in report.clients:
-            for r in c.records:
-                writer.writerow({"ledger": c.ledger, "client_id": c.client_id, **asdict(r)})
-    plot_epsilon(report, paths["plot"])
-    return paths
-
-
-def plot_epsilon(report: AuditReport, path: Path) -> None:
-    """ε (recomputed) after each ledger record, one line per client, and the budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in report.clients:
-        if not c.records:
-            continue
-        xs = [r.index + 1 for r in c.records]
-        ax.plot(xs, [r.epsilon_recomputed for r in c.records], marker="o", ms=3,
-                label=f"{c.client_id} ({c.accountant})")
-        claimed = [(x, r.epsilon_claimed) for x, r in zip(xs, c.records, strict=True)
-                   if r.difference is not None and r.difference > TOLERANCE]
-        if claimed:  # claims that the events do not support
-            ax.scatter(*zip(*claimed, strict=True), marker="x", color="red", zorder=3)
-    if report.budget is not None:
-        ax.axhline(report.budget, color="black", ls="--", lw=1,
-                   label=f"budget ε={report.budget:g}")
-    ax.set_xlabel("ledger record (rounds, across runs)")
-    ax.set_ylabel("ε recomputed from the events")
-    ax.set_title("Privacy spent per client (red x: claim not supported by events)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _fmt(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def report_table(report: AuditReport) -> Table:
-    """The terminal table of ``fedistill audit report``."""
-    table = Table(title="fedistill audit report: ε recomputed from the ledgers' events",
-                  caption=(f"max ε {_fmt(report.epsilon_max)} · median ε "
-                           f"{_fmt(report.epsilon_median)} · exhausted: "
-                           f"{', '.join(report.exhausted) or 'none'} · Opacus "
-                           f"{report.opacus_version}, dp_accounting "
-                           f"{report.dp_accounting_version}"))
-    table.add_column("client", no_wrap=True)
-    for column in ("records", "signatures", "accountant", "δ", "ε", "ε RDP (Opacus)",
-                   "ε RDP (dp_acc)", "ε PLD (dp_acc)", "budget left", "exhausted",
-                   "findings"):
-        table.add_column(column, justify="right" if column in ("records", "ε") else "left")
-    for c in report.clients:
-        errors = sum(f.severity == "error" for f in c.findings)
-        notes = len(c.findings) - errors
-        ind = c.independent
-        table.add_row(
-            c.client_id, str(len(c.records)), c.signatures, c.accountant or "-",
-            _fmt(c.delta, "g"), _fmt(c.epsilon), _fmt(c.epsilon_rdp),
-            _fmt(ind and ind.rdp), _fmt(ind and ind.pld), _fmt(c.budget_left),
-            "-" if c.exhausted is None else ("[red]yes[/red]" if c.exhausted else "no"),
-            (f"[red]{errors} error(s)[/red] " if errors else "") + (f"{notes} note(s)"
-                                                                    if notes else ""),
-        )
-    return table

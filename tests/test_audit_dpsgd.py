@@ -27,15 +27,17 @@ from simulations.dpsgd_audit import (
     SECRET_AUDITORS,
     CanaryLayout,
     DpsgdAuditConfig,
-    auditor_scores,
     dirac_canary_model,
-    dpsgd_command,
+    run_dpsgd_audit,
+    train_with_canaries,
+)
+from simulations.dpsgd_audit_cli import dpsgd_command
+from simulations.dpsgd_audit_stats import (
+    auditor_scores,
     momentum_weights,
     opacus_expected_batch_size,
     poisson_masks,
-    run_dpsgd_audit,
     step_observations,
-    train_with_canaries,
 )
 
 pytestmark = [

@@ -27,13 +27,13 @@ from common.errors import ConfigError
 from common.privacy.accounting import DpEvent, epsilon_from_events
 from common.privacy.independent import DP_ACCOUNTING_VERSION, independent_epsilons
 from common.privacy.ledger import PrivacyLedger, record_hash
-from simulations.ledger_audit import (
-    audit_ledgers,
+from simulations.ledger_audit import audit_ledgers
+from simulations.ledger_report import write_report
+from simulations.ledger_verify import (
     load_coordinator_metrics,
     resolve_ledgers,
     verify_findings,
     verify_ledger,
-    write_report,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning")

@@ -34,14 +34,13 @@ from simulations.softlabel_audit import (
     SoftlabelAuditConfig,
     canary_inputs,
     canary_labels,
-    canary_scores,
     fit_private_size,
     fixed_teacher,
-    log_odds,
     private_step,
     run_softlabel_audit,
-    softlabel_command,
 )
+from simulations.softlabel_audit_cli import softlabel_command
+from simulations.softlabel_audit_stats import canary_scores, log_odds
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Optimal order is the:UserWarning"),

@@ -11,12 +11,11 @@ from common.data.builtin import (
     shared_data_dir,
 )
 from common.data.catalog import register
+from common.data.corpus import read_text_corpus
 from common.data.loaders import (
     encode_labels,
     load_text_classification_dir,
     read_labeled_texts,
-    read_text_corpus,
-    read_time_series_csv,
 )
 from common.data.partition import (
     SCHEMES,
@@ -29,6 +28,7 @@ from common.data.partition import (
 )
 from common.data.registry import dataset_entry, list_datasets, load_dataset
 from common.data.roles import ROLE_NAMES, TASKS, DatasetRoles, Split
+from common.data.timeseries import read_time_series_csv
 from common.data.tokenize import (
     PAD_ID,
     TOKENIZER_KINDS,

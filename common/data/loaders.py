@@ -1,8 +1,11 @@
-"""File loaders, so that users bring their own data.
+"""File loaders, so that users bring their own data: labeled text, and opening any file.
 
-Formats: CSV / TSV / JSONL with a text and a label column (names configurable, optionally
-bz2- or gzip-compressed), ``<label> <sentence>`` lines (SST-2 style), plain-text corpora,
-CSV time series, and Hugging Face ``datasets`` (imported lazily: an optional extra).
+Formats here: CSV / TSV / JSONL with a text and a label column (names configurable,
+optionally bz2- or gzip-compressed) and ``<label> <sentence>`` lines (SST-2 style). The
+other families have a module each: plain-text corpora (:mod:`common.data.corpus`), CSV
+time series (:mod:`common.data.timeseries`) and Hugging Face ``datasets``
+(:mod:`common.data.hf`, imported lazily: an optional extra); they open files with
+:func:`open_text`.
 
 Every reader turns library errors (csv, json, unicode, bz2/gzip, missing files) into a
 :class:`~common.errors.DataError` that names the file, the line where it knows it, and
@@ -27,10 +30,7 @@ import numpy as np
 from common.data.roles import (
     DatasetRoles,
     Split,
-    chunk_text,
-    forecast_roles,
     labeled_roles,
-    lm_roles,
 )
 from common.errors import DataError
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 TEXT_FORMATS: tuple[str, ...] = ("csv", "tsv", "jsonl", "lines")
 _SUFFIX_FORMAT = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _COMPRESSED = {".bz2": bz2.open, ".gz": gzip.open}
-_TIME_COLUMNS = {"date", "time", "timestamp", "datetime", "ds"}
 # csv's default field limit (128 KiB) is too small for long documents.
 csv.field_size_limit(16 * 1024 * 1024)
 
@@ -48,7 +47,7 @@ csv.field_size_limit(16 * 1024 * 1024)
 
 
 @contextmanager
-def _open_text(path: Path) -> Iterator[IO[str]]:
+def open_text(path: Path) -> Iterator[IO[str]]:
     """Open ``path`` as UTF-8 text (transparently .bz2/.gz), with a DataError if absent."""
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Check the path (it must be a file).")
@@ -161,7 +160,7 @@ def read_labeled_texts(
     labels: list[str] = []
     groups: list[str] = []
     skipped = 0
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         rows: Iterator[tuple[int, dict[str, Any]]]
         if fmt in ("csv", "tsv"):
             rows = _rows_delimited(handle, path, "," if fmt == "csv" else "\t")
@@ -390,258 +389,14 @@ def text_classification_dataset(
     return roles
 
 
-# ------------------------------------------------------------------ plain text corpora
-
-
-def read_text_corpus(path: str | Path) -> str:
-    """A plain-text corpus: one file, or every ``*.txt`` in a directory (sorted, joined)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise DataError(f"{path} holds no *.txt files; put the corpus there as plain text.")
-        return "\n\n".join(read_text_corpus(f) for f in files)
-    with _open_text(path) as handle:
-        text = handle.read()
-    if not text.strip():
-        raise DataError(f"{path} is empty; a text corpus needs some text.")
-    return text
-
-
-def text_corpus_dataset(
-    name: str,
-    path: Path,
-    *,
-    seed: int,
-    doc_chars: int = 1000,
-    group_docs: int = 20,
-    test_tail: float | None = None,
-    test_fraction: float = 0.1,
-    teacher_fraction: float = 0.1,
-    public_fraction: float = 0.3,
-    info: dict[str, Any] | None = None,
-) -> DatasetRoles:
-    """Language-modelling roles from plain text, cut into ~``doc_chars`` documents at lines.
-
-    With ``test_tail`` (e.g. 0.1) the last share of the text is the test set (the usual
-    split of Tiny Shakespeare); otherwise test documents are drawn at random.
-    ``groups`` = document index // ``group_docs``: contiguous stretches of text, so the
-    ``natural`` partition gives each client its own part of the corpus.
-    """
-    text = read_text_corpus(path)
-    test_docs = None
-    if test_tail is not None:
-        if not 0.0 < test_tail < 1.0:
-            raise DataError(f"test_tail must lie in (0, 1); got {test_tail}.")
-        cut = text.rfind("\n", 0, int(len(text) * (1.0 - test_tail))) + 1 or int(
-            len(text) * (1.0 - test_tail)
-        )
-        text, tail = text[:cut], text[cut:]
-        test_docs = chunk_text(tail, doc_chars)
-    docs = chunk_text(text, doc_chars)
-    if group_docs < 1:
-        raise DataError(f"group_docs must be at least 1; got {group_docs}.")
-    return lm_roles(
-        name,
-        docs,
-        seed=seed,
-        groups=np.arange(len(docs)) // group_docs,
-        test_documents=test_docs,
-        test_fraction=test_fraction,
-        teacher_fraction=teacher_fraction,
-        public_fraction=public_fraction,
-        info={**(info or {}), "source": str(path), "doc_chars": doc_chars, "test_tail": test_tail},
-    )
-
-
-# ------------------------------------------------------------------ time series
-
-
-def read_time_series_csv(
-    path: str | Path,
-    *,
-    time_column: str | None = None,
-    columns: Sequence[str] | None = None,
-) -> tuple[np.ndarray, list[str]]:
-    """A CSV time series as a float array (T, C) and its column names.
-
-    The time column (``time_column``, or one named date/time/timestamp/datetime/ds) is
-    dropped; rows are assumed to be in time order. ``columns`` keeps only those.
-    """
-    path = Path(path).expanduser()
-    rows: list[list[float]] = []
-    with _open_text(path) as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path} is empty: a time-series CSV needs a header row.")
-            drop = (
-                {time_column} if time_column else {h for h in header if h.lower() in _TIME_COLUMNS}
-            )
-            if time_column and time_column not in header:
-                raise DataError(f"{path}: no time column {time_column!r}; columns are {header}.")
-            keep = [h for h in header if h not in drop] if columns is None else list(columns)
-            unknown = [c for c in keep if c not in header]
-            if unknown or not keep:
-                raise DataError(
-                    f"{path}: column(s) {unknown or '(none left)'} not usable; the columns are "
-                    f"{header}. Pass columns= / time_column= to choose."
-                )
-            idx = [header.index(c) for c in keep]
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(
-                        f"{path}, line {reader.line_num}: {len(row)} fields, the header has "
-                        f"{len(header)}."
-                    )
-                try:
-                    rows.append([float(row[i]) for i in idx])
-                except ValueError as exc:
-                    raise DataError(
-                        f"{path}, line {reader.line_num}: non-numeric value ({exc}); clean the "
-                        "series or pass columns= to skip that column."
-                    ) from exc
-        except csv.Error as exc:
-            raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({exc}).") from exc
-    if not rows:
-        raise DataError(f"{path} has a header but no rows of data.")
-    return np.asarray(rows, dtype=np.float64), keep
-
-
-def time_series_dataset(
-    name: str,
-    path: Path,
-    *,
-    seed: int = 0,
-    time_column: str | None = None,
-    columns: Sequence[str] | None = None,
-    target_columns: Sequence[str] | None = None,
-    input_len: int = 96,
-    horizon: int = 24,
-    stride: int = 1,
-    fractions: Sequence[float] = (0.5, 0.2, 0.1, 0.2),
-    group_rows: int = 24 * 7,
-    scale: bool = True,
-    info: dict[str, Any] | None = None,
-) -> DatasetRoles:
-    """Forecasting roles from a CSV series (chronological segments; ``seed`` is unused)."""
-    del seed  # chronological split: nothing random
-    series, names = read_time_series_csv(path, time_column=time_column, columns=columns)
-    return forecast_roles(
-        name,
-        series,
-        names,
-        target_columns=target_columns,
-        input_len=input_len,
-        horizon=horizon,
-        stride=stride,
-        fractions=fractions,
-        group_rows=group_rows,
-        scale=scale,
-        info={**(info or {}), "source": str(path), "rows": len(series)},
-    )
-
-
-# ------------------------------------------------------------------ Hugging Face datasets
-
-
-def hf_dataset(
-    name: str,
-    source: str,
-    *,
-    seed: int,
-    config: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    train_split: str = "train",
-    test_split: str = "test",
-    teacher_splits: Sequence[str] = ("validation", "dev"),
-    test_fraction: float = 0.2,
-    teacher_fraction: float = 0.1,
-    public_fraction: float = 0.3,
-) -> DatasetRoles:
-    """Text classification through Hugging Face ``datasets`` (optional; imported lazily).
-
-    ``source`` is a directory written by ``save_to_disk`` (read offline with
-    ``load_from_disk``) or a hub name (which needs the network at load time).
-    """
-    try:
-        import datasets  # noqa: PLC0415 - optional extra
-    except ImportError as exc:
-        raise DataError(
-            f"{name!r} needs Hugging Face `datasets`, which is not installed: "
-            "pip install datasets (or use a csv:/jsonl: file instead)."
-        ) from exc
-    path = Path(source).expanduser()
-    try:
-        if path.exists():
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset(source, config)
-    except Exception as exc:  # datasets raises many types; all mean "cannot load"
-        raise DataError(f"Cannot load Hugging Face dataset {source!r}: {exc}") from exc
-    parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {train_split: loaded}
-    if train_split not in parts:
-        raise DataError(
-            f"{source!r} has splits {sorted(parts)}; none is {train_split!r} (pass train_split=)."
-        )
-    train = parts[train_split]
-    for column in (text_column, label_column):
-        if column not in train.column_names:
-            raise DataError(
-                f"{source!r}: no column {column!r}; the columns are "
-                f"{train.column_names}. Pass text_column=/label_column=."
-            )
-    feature = train.features[label_column]
-    class_names = list(feature.names) if hasattr(feature, "names") else None
-
-    def to_split(ds: Any, names: Sequence[str] | None) -> tuple[Split, tuple[str, ...]]:
-        raw = [str(v) for v in ds[label_column]]
-        labels, found = encode_labels(raw, names)
-        return Split(tuple(str(t) for t in ds[text_column]), labels), found
-
-    pool, names = to_split(train, class_names)
-    test = to_split(parts[test_split], names)[0] if test_split in parts else None
-    teacher_key = next((s for s in teacher_splits if s in parts), None)
-    teacher = to_split(parts[teacher_key], names)[0] if teacher_key else None
-    return labeled_roles(
-        name,
-        "classification",
-        names,
-        pool,
-        seed=seed,
-        test=test,
-        teacher=teacher,
-        test_fraction=test_fraction,
-        teacher_fraction=teacher_fraction,
-        public_fraction=public_fraction,
-        info={"source": f"hf:{source}"},
-    )
-
-
-def is_hf_disk_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a ``save_to_disk`` folder."""
-    return any(
-        (path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
-    )
-
-
 __all__ = [
     "TEXT_FORMATS",
     "detect_format",
     "encode_labels",
     "find_data_file",
-    "hf_dataset",
-    "is_hf_disk_dir",
     "load_text_classification_dir",
+    "open_text",
     "read_labeled_split",
     "read_labeled_texts",
-    "read_text_corpus",
-    "read_time_series_csv",
     "text_classification_dataset",
-    "text_corpus_dataset",
-    "time_series_dataset",
 ]

@@ -102,7 +102,7 @@ def load_dataset(
 def _load_spec(
     name: str, prefix: str | None, *, seed: int, options: dict[str, Any]
 ) -> DatasetRoles:
-    from common.data import loaders
+    from common.data import corpus, hf, loaders, timeseries
 
     target = name[len(prefix) :] if prefix else name
     path = Path(target).expanduser()
@@ -110,7 +110,7 @@ def _load_spec(
     task = options.pop("task", None)
     if kind == "hf":
         return call_with_options(
-            loaders.hf_dataset, name, name=name, source=target, seed=seed, **options
+            hf.hf_dataset, name, name=name, source=target, seed=seed, **options
         )
     if not path.exists():
         raise DataError(f"Dataset path not found: {path} (from spec {name!r}). Check the path.")
@@ -122,11 +122,11 @@ def _load_spec(
         if kind not in ("csv",):
             raise ConfigError(f"{name!r}: a time series must be a CSV file (csv:PATH).")
         return call_with_options(
-            loaders.time_series_dataset, name, name=name, path=path, seed=seed, **options
+            timeseries.time_series_dataset, name, name=name, path=path, seed=seed, **options
         )
     if kind == "text" or task == "lm":
         return call_with_options(
-            loaders.text_corpus_dataset, name, name=name, path=path, seed=seed, **options
+            corpus.text_corpus_dataset, name, name=name, path=path, seed=seed, **options
         )
     if task not in (None, "classification"):
         raise ConfigError(f"{name!r}: task must be classification, lm or forecast; got {task!r}.")
@@ -139,11 +139,11 @@ def _load_spec(
 def _load_dir(
     name: str, path: Path, *, seed: int, task: str | None, options: dict[str, Any]
 ) -> DatasetRoles:
-    from common.data import loaders
+    from common.data import corpus, hf, loaders
 
-    if loaders.is_hf_disk_dir(path):
+    if hf.is_hf_disk_dir(path):
         return call_with_options(
-            loaders.hf_dataset, name, name=name, source=str(path), seed=seed, **options
+            hf.hf_dataset, name, name=name, source=str(path), seed=seed, **options
         )
     train = loaders.find_data_file(path, ["train"])
     if train is not None and task in (None, "classification"):
@@ -160,7 +160,7 @@ def _load_dir(
         )
     if any(path.glob("*.txt")) and task in (None, "lm"):
         return call_with_options(
-            loaders.text_corpus_dataset, name, name=name, path=path, seed=seed, **options
+            corpus.text_corpus_dataset, name, name=name, path=path, seed=seed, **options
         )
     raise DataError(
         f"{path}: cannot tell what dataset this folder holds. Expected train.csv/.tsv/.jsonl "

@@ -32,6 +32,10 @@ a crash or a full disk leaves either the old ledger or the new one, never half a
 A torn last line can still come from elsewhere (a copy cut short, an older version); it is
 reported with :class:`LedgerError`, never dropped or repaired silently, because a torn
 record may be the evidence of a round whose ε was spent.
+
+This module stays whole although it is over 500 lines: it is the ledger format and its
+checks (canonical bytes, hash chain, signatures, one δ, crash-safe appends), and the code
+that writes a record must not drift apart from the code that checks it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.environment import environment
 from simulations.robustness.page import write_page
 from simulations.robustness.replay import NO_ATTACK, Cell, cell_grid, replay, teacher_scores
 from simulations.robustness.verdict import (
@@ -31,24 +30,6 @@ DEFAULT_JSON = Path("bench") / "results" / "robustness.json"
 
 
 # ---------------------------------------------------------------------------- running
-def environment() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "flwr": version("flwr"),
-        "opacus": version("opacus"),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-        "load_average": round(load, 1),
-    }
-
-
 def _read_teacher_accuracy(run_dir: Path) -> list[float]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():

@@ -231,7 +231,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Environment: torch {env['torch']}, flwr {env['flwr']}, opacus {env['opacus']}, "
-        f"Python {env['python']}, {env['cpus']} CPU(s) (load average {env['load_average']} "
+        f"Python {env['python']}, {env.get('cpu_count', env.get('cpus'))} CPU(s) (load "
+        f"average {env.get('load_average_1m', env.get('load_average'))} "
         f"at the start), torch threads {env.get('torch_threads', '?')}, device {env['device']}.  ",
         f"Seed: {setup['seed']}. Wall time: {wall}.",
         "",

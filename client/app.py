@@ -37,6 +37,7 @@ from common.device import resolve_device
 from common.distill.codec import decode_knowledge, encode_knowledge
 from common.distill.losses import soften
 from common.errors import KnowledgeError, PolicyRefusal
+from common.metrics import accuracy
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import check_budget
 from common.privacy.planner import (
@@ -187,7 +188,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     test_probs, test_accuracy = None, None
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
-        test_accuracy = float((test_probs.argmax(1) == task.test_y.numpy()).mean())
+        test_accuracy = accuracy(task.test_y.numpy(), test_probs)
     head, records = state.ledger.head()
     return RoundResult(
         round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,

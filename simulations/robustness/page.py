@@ -30,8 +30,9 @@ def _balanced_line(check: dict[str, Any] | None, where: str) -> list[str]:
         return []
     return [
         "",
-        f"The same comparison in balanced accuracy (not the issue's metric; it does not "
-        f"reward a teacher for collapsing onto the majority class), {where}: the best robust "
+        f"The same comparison in balanced accuracy (the target asks for both: balanced "
+        f"accuracy does not reward a teacher for collapsing onto the majority class), "
+        f"{where}: the best robust "
         f"rule is {_below(check['robust_drop'])} no attack (within 3 points: "
         f"{_yes(check['robust_within'])}), the mean {_below(check['mean_drop'])} (more than 3 "
         f"points below: {_yes(check['mean_outside'])}); met on that metric: "

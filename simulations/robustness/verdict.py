@@ -121,7 +121,7 @@ def replay_verdict(
         "best_rule": best,
         "reference_rule": ref_rule,
         **check,
-        # the same cells in balanced accuracy (not the metric; see the doc)
+        # the same cells in balanced accuracy (the target asks for both)
         "balanced": (
             target_check(*(balanced[c] for c in cells))
             if all(c in balanced for c in cells)

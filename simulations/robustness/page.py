@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.metrics import mean_interval
-from simulations.robustness.replay import DEFAULT_ROUNDS, NO_ATTACK, TARGET_FRACTION
+from simulations.robustness.replay import (
+    DEFAULT_ROUNDS,
+    NO_ATTACK,
+    NON_ROBUST_RULES,
+    TARGET_FRACTION,
+    TARGET_POINTS,
+)
 from simulations.robustness.verdict import accuracy_table
 
 if TYPE_CHECKING:
@@ -137,6 +143,29 @@ def _confirm_lines(confirm: dict[str, Any], preset: str) -> list[str]:
             "predicts one class for every test example: its accuracy is that class's "
             "share of the test set, so accuracy understates the damage there.",
         ]
+    return lines
+
+
+def _beyond_lines(table: dict[tuple[str, str, float], float], rules: list[str],
+                  attacks: list[str], fractions: list[float],
+                  verdict: dict[str, Any]) -> list[str]:
+    """Above the target's share of attackers: each robust rule's worst attack, replayed."""
+    above = [float(f) for f in fractions if float(f) > verdict["fraction"]]
+    if not above:
+        return []
+    lines = ["", f"Above {100 * verdict['fraction']:g}% (replay; no attack "
+             f"{_pct(verdict['no_attack'])}):", ""]
+    for fraction in above:
+        for rule in (r for r in rules if r not in NON_ROBUST_RULES):
+            cells = [(table[(rule, a, fraction)], a) for a in attacks
+                     if (rule, a, fraction) in table]
+            if not cells:
+                continue
+            worst, attack = min(cells)
+            drop = verdict["no_attack"] - worst
+            lines.append(f"- {100 * fraction:g}%, `{rule}`: worst attack `{attack}`, "
+                         f"{_pct(worst)} ({_below(drop)} no attack; "
+                         f"{'holds' if drop <= TARGET_POINTS else 'breaks'} at 3 points).")
     return lines
 
 
@@ -355,6 +384,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{len(clean) - 1}, and one accuracy's standard error is about {se:.1f} points."
             )
         lines += _balanced_line(verdict.get("balanced"), "replay")
+        lines += _beyond_lines(table, rules, attacks, fractions, verdict)
         if verdict["fraction"] != TARGET_FRACTION:
             lines.append(f"- The grid had no 30% cell; the largest fraction, {frac}, stood in.")
     confirm = result.get("confirm")

@@ -123,7 +123,9 @@ def _coordinator_security(certs: Path | None, keys: list[Path] | None,
     if certs is None:
         raise ConfigError("--certs DIR is required (make one with `fedistill certs --out DIR "
                           "--hosts HOST,...`); plaintext needs an explicit --insecure.")
-    keys = list(keys) if keys else node_public_keys(certs)
+    # Absolute: Flower's CLI config (root-certificates) refuses a relative path.
+    certs = certs.expanduser().resolve()
+    keys = [k.expanduser().resolve() for k in keys] if keys else node_public_keys(certs)
     if not keys:
         raise ConfigError(f"no node public keys: {certs}/nodes/*.pub is empty and no "
                           "--nodes-keys was given. Create keys with `fedistill certs --nodes N`.")

@@ -176,6 +176,21 @@ def test_coordinator_dry_run_prints_flowers_commands(certs: Path, tmp_path: Path
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
+def test_coordinator_takes_a_relative_certs_directory(certs: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's CLI config needs an absolute root-certificates path: a relative --certs
+    (and --nodes-keys) is made absolute before anything is written."""
+    from simulations.deploy_cli import _coordinator_security
+
+    monkeypatch.chdir(certs.parent)
+    tls, keys = _coordinator_security(Path(certs.name), [Path(certs.name) / "nodes" /
+                                                         "node-0.pub"], insecure=False)
+    assert tls == certs.resolve() and tls.is_absolute()
+    assert keys == [(certs / "nodes" / "node-0.pub").resolve()]
+    _, default_keys = _coordinator_security(Path(certs.name), None, insecure=False)
+    assert default_keys and all(k.is_absolute() for k in default_keys)
+
+
 def test_plaintext_needs_insecure_and_warns(certs: Path, tmp_path: Path) -> None:
     base = ["node", "--superlink", "127.0.0.1:9092", "--data-dir", str(tmp_path),
             "--state-dir", str(tmp_path / "s"), "--epsilon", "8", "--dry-run"]

@@ -195,6 +195,8 @@ def _print_record(record: dict[str, Any]) -> None:
         extra = f" · replies {record.get('replies')}/{record.get('sampled')}"
         if record.get("rejected"):
             extra += f" · rejected {len(record['rejected'])}"
+        if record.get("declined"):  # replied without a private step (budget, already spent)
+            extra += f" · declined the private step: {', '.join(record['declined'])}"
     console.print(_describe(record) + extra, highlight=False)
 
 

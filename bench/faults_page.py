@@ -81,7 +81,7 @@ def _rows_deployment(d: dict[str, Any]) -> list[list[str]]:
             _outcome(a.get("round_outcome")),
             f"node-2: {_eps_pair(a.get('ledger_at_kill'), after)}; at the end "
             f"{_eps((d.get('ledgers_final') or {}).get('node-2'))}",
-            f"flower.log: {_code(sees.get('node-killed-in-dp-step'))}",
+            f"coordinator: {_code(sees.get('node-killed-in-dp-step'))}",
             f"{a.get('seconds_to_round_end', 0):.0f}"])
     b = f.get("coordinator-killed-between-rounds")
     if b:
@@ -92,8 +92,7 @@ def _rows_deployment(d: dict[str, Any]) -> list[list[str]]:
             f"metrics rounds at the kill {b.get('metrics_rounds_at_kill')}, after "
             f"{b.get('metrics_rounds_after')}; " + _outcome(b.get("round_outcome")),
             eps,
-            f"coordinator: {_code(sees.get('coordinator-killed-between-rounds'))}<br>"
-            f"flower.log: {_code(sees.get('coordinator-killed-between-rounds/flower'))}",
+            f"flower.log: {_code(sees.get('coordinator-killed-between-rounds'))}",
             f"{b.get('seconds_to_round_end', 0):.0f}"])
     c = f.get("student-file-corrupt")
     if c:
@@ -116,8 +115,9 @@ def _rows_deployment(d: dict[str, Any]) -> list[list[str]]:
             f"{dd.get('metrics_rounds_after')}; " + _outcome(dd.get("round_outcome"))
             + f"; final exit code {dd.get('final_exit_code')}",
             eps,
-            f"coordinator: {_code(sees.get('coordinator-killed-mid-round'))}<br>"
-            f"node: {_code(sees.get('coordinator-killed-mid-round/declined'))}",
+            f"flower.log: {_code(sees.get('coordinator-killed-mid-round'))}<br>"
+            f"coordinator: {_code(sees.get('coordinator-killed-mid-round/round'))}<br>"
+            f"node logs: {_code(sees.get('coordinator-killed-mid-round/node-log'))}",
             f"{dd.get('seconds_to_round_end', 0):.0f}"])
     if "error" in d:
         rows.append(["loopback deployment (rest)", f"stopped: {_code(d['error'][:300])}",

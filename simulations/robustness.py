@@ -1146,11 +1146,25 @@ def _attack_check(
     }
 
 
+_OTHER_SECTION = re.compile(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->\n?", re.S)
+
+
+def write_page(doc: Path, page: str) -> None:
+    """Write ``page`` to ``doc``, keeping the sections other generators own there (between
+    ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``, e.g. bench/faults.py's) at its end."""
+    old = doc.read_text() if doc.exists() else ""
+    kept = [m.group(0) for m in _OTHER_SECTION.finditer(old)]
+    if kept:
+        page = page.rstrip("\n") + "\n\n" + "".join(k if k.endswith("\n") else k + "\n"
+                                                 for k in kept)
+    doc.write_text(page)
+
+
 def _write(result: dict[str, Any], doc: Path, json_path: Path, say: Callable[[str], None]) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(result))
+    write_page(doc, render_markdown(result))
     say(f"wrote {doc} and {json_path} ({result['timing']['total_seconds'] / 60:.1f} min)")
 
 
@@ -1293,7 +1307,7 @@ def register_robustness_command(app: typer.Typer) -> None:
         from simulations.cli import console, resolve_config
 
         if render:
-            doc.write_text(render_markdown(json.loads(json_out.read_text())))
+            write_page(doc, render_markdown(json.loads(json_out.read_text())))
             console.print(f"wrote {doc} from {json_out}")
             return
         attack_list = _split(attacks)

@@ -625,3 +625,19 @@ def test_confirm_attacks_runs_each_attack_and_heads_with_the_one_that_hurts_the_
     assert confirm["attack"] == "flip" and confirm["check"]["met"]
     text = rb._confirm_lines(confirm, "tiny")
     assert any("Strongest attack in the real pipeline" in line and "flip" in line for line in text)
+
+
+def test_the_page_keeps_the_sections_other_generators_own(tmp_path: Path) -> None:
+    """docs/ROBUSTNESS.md also holds bench/faults.py's section: rewriting the page keeps it."""
+    from simulations.robustness import write_page
+
+    doc = tmp_path / "ROBUSTNESS.md"
+    faults = "<!-- faults:begin -->\n## Faults\n\n| a | b |\n<!-- faults:end -->\n"
+    doc.write_text("# Old robustness page\n\nold table\n\n" + faults)
+    write_page(doc, "# Robustness\n\nnew table\n")
+    assert doc.read_text() == "# Robustness\n\nnew table\n\n" + faults
+    write_page(doc, "# Robustness\n\nnewer\n")  # again: still once
+    assert doc.read_text().count("<!-- faults:begin -->") == 1
+    plain = tmp_path / "plain.md"
+    write_page(plain, "# Robustness\n")  # no other section: the page as rendered
+    assert plain.read_text() == "# Robustness\n"

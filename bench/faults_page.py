@@ -154,12 +154,22 @@ def _notes(data: dict[str, Any]) -> list[str]:
     dep = (sc.get("deployment") or {}).get("faults") or {}
     mid = dep.get("coordinator-killed-mid-round")
     if mid:
+        rnd = mid.get("round")
         dup = [n for n, v in (mid.get("ledgers_after_round") or {}).items()
                if v.get("duplicate_rounds")]
-        notes.append("- Coordinator killed mid-round: "
-                     + ("a ledger holds a round twice: " + ", ".join(dup) if dup else
-                        "no ledger holds a round twice")
-                     + f"; the metrics hold rounds {mid.get('metrics_rounds_after')}.")
+        spent = [n for n, v in (mid.get("ledgers_at_kill") or {}).items()
+                 if rnd in (v.get("rounds") or [])]
+        declined = (mid.get("round_outcome") or {}).get("declined") or []
+        notes.append(
+            f"- Coordinator killed in the middle of round {rnd}: the nodes whose ledger "
+            f"already held round {rnd} when it died: {', '.join(spent) or 'none'}. The "
+            f"restarted coordinator resumed from round {mid.get('checkpoint_at_kill')}'s "
+            f"checkpoint and ran round {rnd} again; it was answered without a private step "
+            f"(`round-already-recorded`) by: {', '.join(declined) or 'none'}. "
+            + (f"A ledger holds a round twice: {', '.join(dup)}." if dup else
+               "No ledger holds a round twice: that round's ε is counted once, and the "
+               "redone round spends none.")
+            + f" The metrics hold rounds {mid.get('metrics_rounds_after')}.")
     return notes
 
 

@@ -108,6 +108,21 @@ def ledger_view(path: Path) -> dict[str, Any]:
             "duplicate_rounds": len(keys) != len(set(keys)), "verifies": True}
 
 
+def console_line(text: str, pattern: str) -> str | None:
+    """The first console line matching ``pattern`` with the lines Rich wrapped off it (a
+    log file is not a terminal: Rich wraps at 80 columns)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).rstrip() for ln in text.splitlines()]
+    for i, line in enumerate(lines):
+        if re.search(pattern, line):
+            rest = []
+            for nxt in lines[i + 1:]:
+                if not nxt.strip() or re.match(r"(round \d+:|\s*[┏┃┡│└]|\s*\S+ · )", nxt):
+                    break
+                rest.append(nxt.strip())
+            return " ".join([line.strip(), *rest])[:220]
+    return None
+
+
 def first_line(text: str, *patterns: str) -> str | None:
     """The first line of ``text`` matching one of ``patterns`` (regexes), without ANSI
     colours, timestamp or this checkout's path, cut to 220 characters."""
@@ -160,8 +175,9 @@ def dropout(work: Path, *, secure: bool) -> dict[str, Any]:
         "reported_epsilon_max": last.get("epsilon_max"),
         "summary_epsilon": (summary.get("privacy") or {}).get("epsilon_per_client"),
         "user_sees": {
-            "console_mentions_the_failure": bool(re.search(
-                r"fail|drop|reject|round-failed", console, re.IGNORECASE)),
+            "console_failure_lines": [ln.strip()[:200] for ln in console.splitlines()
+                                      if re.search(r"client-\d|round-failed|reject|dropped",
+                                                   ln)][:5],
             "console": first_line(console, r"^round \d+:", r"ε max"),
             "flower_log": first_line(flower, r"the round failed", r"dropped out"),
             "coordinator": first_line(flower, r"Round \d+: teacher .* replies \d+/\d+"),
@@ -173,10 +189,11 @@ def dropout(work: Path, *, secure: bool) -> dict[str, Any]:
 class Deployment:
     """One loopback deployment (3 nodes, SecAgg+, 3 rounds) and the faults put into it."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, fresh: bool = True) -> None:
         self.root = work / "deployment"
-        shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True)
+        if fresh:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root.mkdir(parents=True)
         self.run = self.root / "run"
         self.procs = Processes(self.root)
         self.logs: dict[str, Path] = {}
@@ -328,14 +345,14 @@ class Deployment:
         flower = _read(self.run / "flower.log")
         final = self.log("coordinator-restart-2")
         return {
-            "node-killed-in-dp-step": first_line(self.log("coordinator"), r"^round 1:"),
+            "node-killed-in-dp-step": console_line(self.log("coordinator"), r"^round 1:"),
             "node-killed-in-dp-step/flower": first_line(flower, r"Round 1: teacher"),
             "coordinator-killed-between-rounds": first_line(flower, r"Resuming run .* after "
                                                             r"round 1 "),
             "student-file-corrupt": first_line(self.log("node-1"), r"does not load"),
             "coordinator-killed-mid-round": first_line(flower, r"Resuming run .* after "
                                                        r"round 2 "),
-            "coordinator-killed-mid-round/round": first_line(final, r"^round 3:"),
+            "coordinator-killed-mid-round/round": console_line(final, r"^round 3:"),
             # a node's "declines the private step" line is at INFO in its ClientApp
             # process, which the SuperNode's log does not show
             "coordinator-killed-mid-round/node-log": first_line(
@@ -447,8 +464,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated scenarios (default: all)")
     parser.add_argument("--render-only", action="store_true",
                         help="only render --out-json into --doc")
+    parser.add_argument("--reread-logs", action="store_true",
+                        help="read 'what the user sees' again from the last deployment's "
+                        "logs in --work-dir (its numbers stay as measured), then render")
     args = parser.parse_args(argv)
     args.work_dir = args.work_dir.resolve()
+    if args.reread_logs:
+        data = json.loads(args.out_json.read_text())
+        dep = Deployment(args.work_dir, fresh=False)
+        dep.logs = {n: Path(p) for n, p in data["scenarios"]["deployment"]["logs"].items()}
+        data["scenarios"]["deployment"]["user_sees"] = dep.user_sees()
+        args.out_json.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        args.render_only = True
     if not args.render_only:
         env = environment("cpu")
         print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)

@@ -24,6 +24,10 @@ def _code(s: str | None) -> str:
     return "`" + s.replace("`", "'") + "`" if s else "—"
 
 
+def _short(s: str | None, n: int = 110) -> str | None:
+    return s if s is None or len(s) <= n else s[:n].rstrip() + " …"
+
+
 def _eps(view: dict[str, Any] | None) -> str:
     if not view:
         return "—"
@@ -59,8 +63,10 @@ def _rows_dropout(d: dict[str, Any], label: str) -> list[list[str]]:
     if d.get("honest_client") and d.get("honest_ledger"):
         eps.append(f"(honest {d['honest_client']}: {_eps(d['honest_ledger'])})")
     sees = d.get("user_sees") or {}
+    failure = sees.get("console_failure_lines")
     seen = [f"console: {_code(sees.get('console'))}"
-            + ("" if sees.get("console_mentions_the_failure") else " (no word of the failure)"),
+            + (" (no word of the failure)" if failure == [] else
+               "" if failure is None else f", {_code(failure[0])}"),
             f"flower.log: {_code(sees.get('flower_log'))}"]
     return [[label, outcome, "<br>".join(eps) or "—", "<br>".join(seen),
              f"{d.get('wall_seconds', 0):.0f}"]]
@@ -101,7 +107,7 @@ def _rows_deployment(d: dict[str, Any]) -> list[list[str]]:
             _outcome(c.get("round_outcome")) + f"; set aside: {len(c.get('set_aside') or [])}"
             " file(s)",
             f"node-1: {_eps_pair(c.get('ledger_before'), c.get('ledger_after'))}",
-            f"node-1 log: {_code(sees.get('student-file-corrupt'))}",
+            f"node-1 log: {_code(_short(sees.get('student-file-corrupt')))}",
             "—"])
     dd = f.get("coordinator-killed-mid-round")
     if dd:
@@ -146,7 +152,7 @@ def _notes(data: dict[str, Any]) -> list[str]:
     sc = data.get("scenarios") or {}
     for name in ("dropout-plain", "dropout-secagg"):
         d = sc.get(name)
-        if d and not (d.get("user_sees") or {}).get("console_mentions_the_failure", True):
+        if d and (d.get("user_sees") or {}).get("console_failure_lines") == []:
             notes.append(f"- `{name}`: the console output says nothing of the failed client; "
                          "only `flower.log` and the `rejected` entries of `metrics.jsonl` "
                          "do. Its ε is in `summary.json` (recomputed from its ledger), not "
@@ -159,10 +165,14 @@ def _notes(data: dict[str, Any]) -> list[str]:
                if v.get("duplicate_rounds")]
         spent = [n for n, v in (mid.get("ledgers_at_kill") or {}).items()
                  if rnd in (v.get("rounds") or [])]
+        later = [n for n, v in (mid.get("ledgers_after_round") or {}).items()
+                 if n not in spent and rnd in (v.get("rounds") or [])]
         declined = (mid.get("round_outcome") or {}).get("declined") or []
         notes.append(
             f"- Coordinator killed in the middle of round {rnd}: the nodes whose ledger "
-            f"already held round {rnd} when it died: {', '.join(spent) or 'none'}. The "
+            f"already held round {rnd} when it died: {', '.join(spent) or 'none'}"
+            + (f"; {', '.join(later)} recorded it after (its ClientApp finished the step "
+               "with the coordinator gone)" if later else "") + ". The "
             f"restarted coordinator resumed from round {mid.get('checkpoint_at_kill')}'s "
             f"checkpoint and ran round {rnd} again; it was answered without a private step "
             f"(`round-already-recorded`) by: {', '.join(declined) or 'none'}. "

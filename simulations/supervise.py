@@ -41,6 +41,7 @@ def flower_env(home: Path) -> dict[str, str]:
     env.update({"FLWR_HOME": str(home),
                 "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "COLUMNS": "200",  # Rich wraps a log file's lines at 80 columns otherwise
                 "PATH": str(Path(sys.executable).parent) + os.pathsep
                 + os.environ.get("PATH", "")})
     return env

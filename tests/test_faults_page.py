@@ -27,7 +27,7 @@ def _dropout(name: str) -> dict:
                                              _round(2, 4, {"round-failed": 1})],
             "dropped": ["client-0"], "dropped_ledgers": {"client-0": _view([1, 2], 7.999)},
             "honest_client": "client-1", "honest_ledger": _view([1, 2], 7.999),
-            "user_sees": {"console_mentions_the_failure": False,
+            "user_sees": {"console_failure_lines": [],
                           "console": "round 2: teacher 0.583",
                           "flower_log": "ERROR:client-0: the round failed | `x`"}}
 

@@ -425,7 +425,8 @@ def full_disk(work: Path, source: Path | None) -> dict[str, Any]:
                            env=flower_env(work / "flwr-home"), capture_output=True,
                            text=True, timeout=120, check=False)
     return {"scenario": "full-disk", "source": str(source) if source else None,
-            "exit_code": done.returncode, "output": (done.stdout + done.stderr).strip()[:600],
+            "exit_code": done.returncode,
+            "output": (done.stdout + done.stderr).strip().replace(str(ROOT) + "/", "")[:600],
             "ledger_before": before, "ledger_after": after, "leftover_files": leftovers,
             "retry_output": retry.stdout.strip()[:200], "ledger_after_retry": ledger_view(path),
             "wall_seconds": round(time.monotonic() - t0, 1)}

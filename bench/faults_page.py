@@ -7,6 +7,7 @@ Only the part between ``<!-- faults:begin -->`` and ``<!-- faults:end -->`` is w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def _rows_dropout(d: dict[str, Any], label: str) -> list[list[str]]:
         eps.append(f"(honest {d['honest_client']}: {_eps(d['honest_ledger'])})")
     sees = d.get("user_sees") or {}
     failure = sees.get("console_failure_lines")
-    seen = [f"console: {_code(sees.get('console'))}"
+    console = re.sub(r"\s*━+\s*\d+:\d\d:\d\d", "", sees.get("console") or "") or None
+    seen = [f"console: {_code(console)}"
             + (" (no word of the failure)" if failure == [] else
                "" if failure is None else f", {_code(failure[0])}"),
             f"flower.log: {_code(sees.get('flower_log'))}"]
@@ -123,7 +125,10 @@ def _rows_deployment(d: dict[str, Any]) -> list[list[str]]:
             eps,
             f"flower.log: {_code(sees.get('coordinator-killed-mid-round'))}<br>"
             f"coordinator: {_code(sees.get('coordinator-killed-mid-round/round'))}<br>"
-            f"node logs: {_code(sees.get('coordinator-killed-mid-round/node-log'))}",
+            "node logs: " + (_code(sees.get("coordinator-killed-mid-round/node-log"))
+                             if sees.get("coordinator-killed-mid-round/node-log") else
+                             "no line (a node logs its decline inside its ClientApp, at INFO, "
+                             "which its SuperNode's log does not show)"),
             f"{dd.get('seconds_to_round_end', 0):.0f}"])
     if "error" in d:
         rows.append(["loopback deployment (rest)", f"stopped: {_code(d['error'][:300])}",

@@ -124,7 +124,9 @@ def _coordinator_security(certs: Path | None, keys: list[Path] | None,
     if certs is None:
         raise ConfigError("--certs DIR is required (make one with `fedistill certs --out DIR "
                           "--hosts HOST,...`); plaintext needs an explicit --insecure.")
-    keys = list(keys) if keys else node_public_keys(certs)
+    # Absolute: Flower's CLI config (root-certificates) refuses a relative path.
+    certs = certs.expanduser().resolve()
+    keys = [k.expanduser().resolve() for k in keys] if keys else node_public_keys(certs)
     if not keys:
         raise ConfigError(f"no node public keys: {certs}/nodes/*.pub is empty and no "
                           "--nodes-keys was given. Create keys with `fedistill certs --nodes N`.")
@@ -190,6 +192,8 @@ def _print_record(record: dict[str, Any]) -> None:
         extra = f" · replies {record.get('replies')}/{record.get('sampled')}"
         if record.get("rejected"):
             extra += f" · rejected {len(record['rejected'])}"
+        if record.get("declined"):  # replied without a private step (budget, already spent)
+            extra += f" · declined the private step: {', '.join(record['declined'])}"
     console.print(describe(record) + extra, highlight=False)
 
 

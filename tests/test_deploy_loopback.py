@@ -25,26 +25,22 @@ Every process is started here and stopped here by PID, whatever happens.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.ledger import PrivacyLedger
-from simulations.proctree import process_tree, stop_process_group
+from simulations import supervise
 from simulations.runner import free_port
+from simulations.supervise import FEDISTILL, ROOT, Processes, checkpoint_round, ledger_size, metrics
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-FEDISTILL = str(Path(sys.executable).parent / "fedistill")
 # The quick preset (3 nodes, 2 rounds); students are evaluated in the last round only.
 ROUND_TIMEOUT = 90.0
 # Under SecAgg+ (issue 7): node 2's crash mid-round is a dropout the protocol recovers.
@@ -67,73 +63,10 @@ class Scenario:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-class Processes:
-    """Every process the test starts, stopped by PID (its whole tree) in teardown."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.env = os.environ.copy()
-        self.env.update({"FLWR_HOME": str(root / "flwr-home"),
-                         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                         "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                         "PATH": str(Path(sys.executable).parent) + os.pathsep
-                         + os.environ.get("PATH", "")})
-
-    def start(self, name: str, cmd: list[str], log: Path) -> subprocess.Popen:
-        with log.open("ab") as fh:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def sigkill_tree(self, name: str) -> None:
-        """A crash: SIGKILL the process and everything it started, at once."""
-        proc = self.procs[name]
-        for pid in process_tree(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            stop_process_group(proc, grace=5.0)
-
-
 def wait_for(what: str, check: Callable[[], bool], timeout: float,
              diagnose: Callable[[], str], alive: subprocess.Popen) -> None:
     """Poll ``check``; fail at once if ``alive`` (the coordinator) exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if alive.poll() is not None:
-            pytest.fail(f"the coordinator exited ({alive.returncode}) while waiting for "
-                        f"{what}\n{diagnose()}")
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{diagnose()}")
-
-
-def checkpoint_round(run: Path) -> int:
-    path = run / "checkpoint.pt"
-    if not path.exists():
-        return -1
-    return int(torch.load(path, map_location="cpu", weights_only=False)["round"])
-
-
-def ledger_size(ledger: PrivacyLedger) -> int:
-    try:
-        return len(ledger.records()) if ledger.path.exists() else 0
-    except Exception:  # a line being written: look again
-        return 0
-
-
-def metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    supervise.wait_for(what, check, timeout, diagnose, alive, fail=pytest.fail)
 
 
 @pytest.fixture(scope="module")

@@ -176,6 +176,35 @@ def test_coordinator_dry_run_prints_flowers_commands(certs: Path, tmp_path: Path
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
+def test_coordinator_takes_a_relative_certs_directory(certs: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's CLI config needs an absolute root-certificates path: a relative --certs
+    (and --nodes-keys) is made absolute before anything is written."""
+    from simulations.deploy_cli import _coordinator_security
+
+    monkeypatch.chdir(certs.parent)
+    tls, keys = _coordinator_security(Path(certs.name), [Path(certs.name) / "nodes" /
+                                                         "node-0.pub"], insecure=False)
+    assert tls == certs.resolve() and tls.is_absolute()
+    assert keys == [(certs / "nodes" / "node-0.pub").resolve()]
+    _, default_keys = _coordinator_security(Path(certs.name), None, insecure=False)
+    assert default_keys and all(k.is_absolute() for k in default_keys)
+
+
+def test_the_round_line_names_the_nodes_that_declined(capsys: pytest.CaptureFixture) -> None:
+    """A redone round (the coordinator crashed mid-round) is answered without a private
+    step by the nodes whose ledger already holds it: the console says so."""
+    from simulations.deploy_cli import _print_record
+
+    record = {"round": 3, "teacher_accuracy": 0.58, "epsilon_max": 7.99, "replies": 3,
+              "sampled": 3, "rejected": [], "declined": ["client-0", "client-2"]}
+    _print_record(record)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "replies 3/3" in out and "declined the private step: client-0, client-2" in out
+    _print_record({**record, "declined": []})
+    assert "declined" not in capsys.readouterr().out
+
+
 def test_plaintext_needs_insecure_and_warns(certs: Path, tmp_path: Path) -> None:
     base = ["node", "--superlink", "127.0.0.1:9092", "--data-dir", str(tmp_path),
             "--state-dir", str(tmp_path / "s"), "--epsilon", "8", "--dry-run"]

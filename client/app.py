@@ -309,7 +309,9 @@ def _private_round(
 
 
 def _decline(client_id: str, code: str, why: str, *, sigma: float = 0.0) -> PrivateOutcome:
-    log.info("%s declines the private step (%s): %s", client_id, code, why)
+    # a warning: the node's operator must see it in the SuperNode's log, where INFO lines
+    # of the ClientApp's own loggers do not reach
+    log.warning("%s declines the private step (%s): %s", client_id, code, why)
     return PrivateOutcome(declined=True, reason=code, sigma=sigma)
 
 

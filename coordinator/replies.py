@@ -7,6 +7,7 @@ or a logged rejection carrying the node id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,10 +68,22 @@ def validate_reply(
 ) -> ValidReply | Rejection:
     """Decode and check one reply of node ``node_id``; any problem becomes a Rejection."""
     if not reply.has_content():
-        why = reply.error.reason if reply.has_error() else "no content"
+        why = _last_line(reply.error.reason) if reply.has_error() else "no content"
         return Rejection(node_id, f"client error: {why}")
     return validate_content(reply.content, node_id, encoding=encoding, num_rows=num_rows,
                             num_classes=num_classes, num_test=num_test)
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]+: \S")
+
+
+def _last_line(reason: str) -> str:
+    """The exception line of a failed ClientApp's reason (``module.Name: message``), not
+    the traceback around it: the node's own log keeps that."""
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    chosen = exceptions[-1] if exceptions else (lines[0] if lines else "no reason given")
+    return chosen[:300]
 
 
 def validate_content(

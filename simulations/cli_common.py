@@ -64,4 +64,10 @@ def describe(record: dict[str, Any]) -> str:
         text += f" ensemble {record['ensemble_accuracy']:.3f}"
     if "epsilon_max" in record:
         text += f" ε_max {record['epsilon_max']:.2f}"
+    if record.get("round", 0) > 0:
+        text += f" · replies {record.get('replies')}/{record.get('sampled')}"
+        if record.get("rejected"):
+            text += f" · rejected {len(record['rejected'])}"
+        if record.get("declined"):  # replied without a private step (budget, already spent)
+            text += f" · declined the private step: {', '.join(record['declined'])}"
     return text

@@ -187,14 +187,7 @@ def _prepare_run_dir(run_dir: Path, run_config: dict[str, Any], fresh: bool) -> 
 
 
 def _print_record(record: dict[str, Any]) -> None:
-    extra = ""
-    if record.get("round", 0) > 0:
-        extra = f" · replies {record.get('replies')}/{record.get('sampled')}"
-        if record.get("rejected"):
-            extra += f" · rejected {len(record['rejected'])}"
-        if record.get("declined"):  # replied without a private step (budget, already spent)
-            extra += f" · declined the private step: {', '.join(record['declined'])}"
-    console.print(describe(record) + extra, highlight=False)
+    console.print(describe(record), highlight=False)
 
 
 def _print_summary(run_dir: Path, budget: float) -> None:

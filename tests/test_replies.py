@@ -140,3 +140,24 @@ def test_hostile_secure_metadata_is_refused_with_a_reason(key: str, value: objec
     with pytest.raises(KnowledgeError) as info:
         ReplyMeta.parse_flat({**META.flat(), key: value}, META.weight)
     assert info.value.reason
+
+
+def test_a_failed_client_is_rejected_with_its_exception_line_not_the_traceback() -> None:
+    from flwr.app import Error, Message
+
+    from coordinator.replies import validate_reply
+    from simulations.inprocess import restore_task_identity, set_task_identity
+
+    saved = set_task_identity(1)
+    try:
+        sent = Message(RecordDict(), dst_node_id=7, message_type="train")
+        reason = ("ClientApp raised an exception\nTraceback (most recent call last):\n"
+                  '  File "client/app.py", line 9, in fit\n'
+                  "client.errors.NodeRoundFailed: round-failed\n'>")
+        reply = Message(Error(code=1, reason=reason), reply_to=sent)
+        result = validate_reply(reply, node_id=7, encoding="float16", num_rows=2,
+                                num_classes=2, num_test=None)
+    finally:
+        restore_task_identity(saved)
+    assert isinstance(result, Rejection)
+    assert result.reason == "client error: client.errors.NodeRoundFailed: round-failed"

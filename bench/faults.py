@@ -179,7 +179,7 @@ def dropout(work: Path, *, secure: bool) -> dict[str, Any]:
                                       if re.search(r"client-\d|round-failed|reject|dropped",
                                                    ln)][:5],
             "console": first_line(console, r"^round \d+:", r"ε max"),
-            "flower_log": first_line(flower, r"the round failed", r"dropped out"),
+            "flower_log": first_line(flower, r"the round fails", r"dropped out"),
             "coordinator": first_line(flower, r"Round \d+: teacher .* replies \d+/\d+"),
         },
     }

@@ -185,6 +185,10 @@ ACC = {
 
 def test_strongest_attack_and_best_robust_rule() -> None:
     assert strongest_attack(ACC, ["flip", "collude"], 0.3) == "collude"
+    # collude only moves the majority class's share: balanced accuracy barely drops, and
+    # flip, worse on the two metrics together, is the strongest then
+    balanced = {("mean", "flip", 0.3): 0.50, ("mean", "collude", 0.3): 0.62}
+    assert strongest_attack(ACC, ["flip", "collude"], 0.3, balanced=balanced) == "flip"
     rules = ["mean", "weighted-mean", "median", "norm-filter"]
     assert best_robust_rule(ACC, rules, "collude", 0.3) == "norm-filter"  # not weighted-mean
     assert best_robust_rule(ACC, ["mean", "median"], "collude", 0.3) == "median"

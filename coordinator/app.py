@@ -23,13 +23,12 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import FedConfig
 from common.device import resolve_device
 from common.distill.codec import decode_knowledge, encode_knowledge, payload_nbytes
-from common.distill.losses import soften
 from common.errors import FedistillError, KnowledgeError
 from common.metrics import accuracy
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
 from common.task import PreparedTask
-from common.training import evaluate_accuracy, predict_logits, train_supervised
+from common.training import evaluate_accuracy, train_supervised
 from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
     Checkpoint,
@@ -52,7 +51,7 @@ from coordinator.report import (
     write_summary,
 )
 from coordinator.secure import run_secure_round
-from coordinator.teacher import guarded_update, teacher_config, teacher_task
+from coordinator.teacher import guarded_update, sent_soft_labels, teacher_config, teacher_task
 
 app = ServerApp()
 
@@ -190,7 +189,7 @@ def _run_round(
     m = min(cfg.public_batch_size, len(task.public_x))
     indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
     public_x = task.public_x[torch.as_tensor(indices)]
-    teacher_probs = soften(predict_logits(teacher, public_x, device=device), cfg.temperature)
+    teacher_probs = sent_soft_labels(cfg, teacher, public_x, device)
     knowledge = encode_knowledge(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from common.config import FedConfig
+from common.distill.losses import soften
 from common.models import ModelConfig
 from common.task import PreparedTask, model_config, prepare_task, task_for
 from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
@@ -25,6 +26,12 @@ def teacher_task(cfg: FedConfig) -> PreparedTask:
     encoder's features), and the held-out share of its labels set aside."""
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
     return hold_out(cfg, task_for(cfg, task, cfg.teacher_family))
+
+
+def sent_soft_labels(cfg: FedConfig, teacher: torch.nn.Module, public_x: torch.Tensor,
+                     device: torch.device) -> torch.Tensor:
+    """The teacher's knowledge a round sends: its softened predictions on the batch."""
+    return soften(predict_logits(teacher, public_x, device=device), cfg.temperature)
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:

@@ -237,11 +237,15 @@ def replay(
 
     from client.attacks import AttackerView
     from common.device import resolve_device
-    from common.distill.losses import soften
     from common.models import build_model
-    from common.training import predict_logits, train_supervised
+    from common.training import train_supervised
     from coordinator.aggregation import aggregator_from_config
-    from coordinator.teacher import guarded_update, teacher_config, teacher_task
+    from coordinator.teacher import (
+        guarded_update,
+        sent_soft_labels,
+        teacher_config,
+        teacher_task,
+    )
 
     start, cpu_start = time.monotonic(), time.process_time()
     recorded = load_recorded_rounds(run_dir)
@@ -295,21 +299,17 @@ def replay(
         pending: dict[str, tuple[str, FedConfig, np.ndarray]] = {}
         moved: dict[Cell, str] = {}
 
-        def sent_teacher(state: str, public_x: torch.Tensor = public_x,
-                         states: dict = states) -> np.ndarray:
-            """The soft labels the coordinator sends from the teacher at ``state``."""
-            teacher.load_state_dict(states[state])
-            logits = predict_logits(teacher, public_x, device=device)
-            return soften(logits, cfg.temperature).numpy()
-
         for cell in cells:
             # an adaptive attacker answers what it is sent and the rule: its own replies
             adaptive = cell.attack == "adaptive"
             attack_key = ((cell.attack, cell.fraction, cell.rule, position[cell]) if adaptive
                           else (cell.attack, cell.fraction))
             if attack_key not in poisoned:
-                view = (AttackerView(sent_teacher(position[cell]), cell.rule, cfg.filter_ratio)
-                        if adaptive else None)
+                view = None
+                if adaptive:  # what the teacher this cell is at sends, and the cell's rule
+                    teacher.load_state_dict(states[position[cell]])
+                    sent = sent_soft_labels(cfg, teacher, public_x, device).numpy()
+                    view = AttackerView(sent, cell.rule, cfg.filter_ratio)
                 mask = malicious_mask(rr.client_ids, cfg.num_clients, cell.fraction)
                 poisoned[attack_key] = poison_replies(
                     rr.probs, mask, cell.attack, rnd=rr.round, seed=cfg.seed,

@@ -67,6 +67,7 @@ def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, An
         "dataset": cfg.dataset,
         "rounds": len(rounds),
         "clients": cfg.num_clients,
+        "clients_took_part": len(eps),  # a client that replied in any round reported its ε
         "students": cfg.students,
         "aggregation": cfg.aggregation,
         "encoding": cfg.encoding,

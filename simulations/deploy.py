@@ -22,14 +22,10 @@ next round. A node keeps its student and ledger in ``state-dir``.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
+import socket
 import ssl
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +41,6 @@ from simulations.runner import app_dir, flower_env, last_error
 
 FEDERATION = "fedistill"
 DEFAULT_PORT = 9092
-ACTIVATION_REFUSED = "Failed to activate SuperNode"  # Flower's "[code: 2004]" message
-# A SuperNode that stops without saying goodbye (a crash, SIGKILL) stays "online" at the
-# SuperLink until it misses 2 heartbeats of 30 s (flwr HEARTBEAT_PATIENCE x
-# HEARTBEAT_DEFAULT_INTERVAL), and the SuperLink refuses to activate a node that is online.
-# So a restarted node may be refused for up to a minute; we retry for a little longer.
-DEFAULT_ACTIVATION_WAIT = 90.0
-ACTIVATION_RETRY_DELAY = 5.0
 INSECURE_WARNING = (
     "--insecure: plaintext and unauthenticated. Soft labels, ε and run config travel "
     "unencrypted and any process that can reach the port can join as a node. Use it only "
@@ -168,14 +157,22 @@ def show(cmd: Sequence[str]) -> str:
 # ---------------------------------------------------------------- checks
 
 
-def check_superlink_address(address: str) -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--superlink {address!r} is not HOST:PORT (for example "
-                          f"coordinator.example.org:{DEFAULT_PORT}).")
-    if "://" in host:
-        raise ConfigError(f"--superlink {address!r}: give HOST:PORT without a scheme.")
-    return address
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port that something listens on before a SuperLink is started there.
+
+    A second SuperLink on a busy port dies of "address already in use" in its log only,
+    while the first one answers its health check and would take this coordinator's run.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Like the SuperLink's server: a port left in TIME_WAIT by an earlier run is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
+                              "SuperLink or coordinator?). Stop it, or choose another "
+                              "--port.") from None
 
 
 def check_node_key(path: Path) -> Path:
@@ -259,6 +256,7 @@ class Coordinator:
         env = flower_env(self.flwr_home)
         (self.flwr_home / "config.toml").write_text(tomli_w.dumps(cmds["config"]))
         log_path = self.out / "superlink.log"
+        check_port_free(self.host, self.port)
         with log_path.open("ab") as log_file:
             superlink = subprocess.Popen(cmds["superlink"], env=env, stdout=log_file,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -320,10 +318,11 @@ def _follow_run(cmd: list[str], env: dict[str, str], out: Path, verbose: bool,
     code = follow_run(cmd, env, out, verbose=verbose, on_record=on_record,
                       error=DeploymentError)
     if code != 0 or not (out / "summary.json").exists():
+        # `flwr run` exits 0 even when the ServerApp failed: the app's error says why.
         cause = _flower_cause(log_path)
-        raise DeploymentError(f"the run ended (flwr run exit {code}) without "
-                              f"{out / 'summary.json'}" + (f": {cause}" if cause else "")
-                              + f". Flower's log: {log_path}")
+        what = (f"the run failed: {cause.rstrip('.')}" if cause else
+                f"the run ended (flwr run exit {code}) without {out / 'summary.json'}")
+        raise DeploymentError(f"{what}. Flower's log: {log_path}")
 
 
 def _flower_cause(log_path: Path) -> str | None:
@@ -334,72 +333,3 @@ def _flower_cause(log_path: Path) -> str | None:
     coded = [ln.strip(" │|\t") for ln in log_path.read_text(errors="replace").splitlines()
              if "[code: " in ln]
     return coded[-1].strip() if coded else None
-
-
-# ---------------------------------------------------------------- node
-
-
-def supervise_supernode(cmd: list[str], env: dict[str, str], *, activation_wait: float,
-                        say: Callable[[str], None]) -> int:
-    """Run ``flower-supernode``; start it again while the SuperLink refuses to activate it.
-
-    Flower gives up at once when activation is refused ("[code: 2004]"), which happens
-    both for an unregistered key and for a key whose earlier SuperNode crashed less than
-    two heartbeats ago, or was started before the coordinator registered it. Within
-    ``activation_wait`` seconds we retry; any other exit is passed on as it is. Flower's
-    output goes to our stdout unchanged.
-    """
-    deadline = time.monotonic() + activation_wait
-    env = {**env, "PYTHONUNBUFFERED": "1"}  # Flower's lines as they come, not per 8 KiB
-    attempt = 0
-    while True:
-        attempt += 1
-        refused = threading.Event()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, text=True, errors="replace")
-        reader = threading.Thread(target=_copy_output, args=(proc, refused), daemon=True)
-        reader.start()
-        try:
-            code = proc.wait()
-        finally:
-            stop_process_group(proc)
-            _stop_group_leftovers(proc.pid)  # its SuperExec may outlive it, holding the pipe
-        reader.join(timeout=5)
-        if not refused.is_set():
-            return code
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DeploymentError(
-                f"the SuperLink refused to activate this node {attempt} time(s) over "
-                f"{activation_wait:.0f}s: its key is not registered (register it with "
-                "`fedistill coordinator --nodes-keys ...`), or another SuperNode with this "
-                "key is online.")
-        say(f"activation refused (attempt {attempt}): the key may not be registered yet, or "
-            f"this node's earlier run is still marked online; retrying for {left:.0f}s")
-        time.sleep(min(ACTIVATION_RETRY_DELAY, left))
-
-
-def _copy_output(proc: subprocess.Popen, refused: threading.Event) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        if ACTIVATION_REFUSED in line:
-            refused.set()
-
-
-def _stop_group_leftovers(pgid: int, grace: float = 5.0) -> None:
-    """Stop what is left in the process group we created for a SuperNode (by its id)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.1)

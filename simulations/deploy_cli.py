@@ -90,12 +90,14 @@ def coordinator(
 ) -> None:
     """Start the SuperLink (TLS + node auth), register node keys, run the app to its end."""
     from simulations.deploy import Coordinator, TlsFiles
+    from simulations.node_checks import check_port_number
 
     if preset and config:
         raise ConfigError("Give --preset or --config, not both.")
     cfg = resolve_config(preset, config, set_ or [], out)
     run_dir = Path(cfg.out_dir).resolve()
     cfg = cfg.replace(out_dir=str(run_dir))
+    check_port_number(port)
     tls, keys = _coordinator_security(certs, nodes_keys, insecure)
     coord = Coordinator(run_dir, host, port, None if tls is None else TlsFiles.from_dir(tls),
                         keys)
@@ -107,8 +109,23 @@ def coordinator(
                   f"nodes expected, {cfg.rounds} rounds, run directory {run_dir}"
                   + (f" (resuming its checkpoint; rounds recorded: {resumed})"
                      if resumed is not None else ""))
+    console.print(_dropout_line(cfg), highlight=False)
     coord.run(verbose=verbose, on_record=_print_record, on_event=console.print)
     _print_summary(run_dir, cfg.epsilon)
+
+
+def _dropout_line(cfg: Any) -> str:
+    """How many lost nodes a round survives, said before the run starts."""
+    sampled = cfg.sampled_per_round
+    spare = sampled - cfg.min_replies
+    if spare <= 0:
+        return (f"dropouts: every round needs all {sampled} sampled nodes (min-replies="
+                f"{cfg.min_replies}): one lost node fails the run. With more nodes, a lower "
+                "--set min-replies lets rounds go on without it.")
+    secure = (" and SecAgg+ can rebuild the lost nodes' masks (secagg-threshold="
+              f"{cfg.secagg_threshold})") if cfg.secure_aggregation else ""
+    return (f"dropouts: a round goes on without up to {spare} of its {sampled} nodes, while "
+            f"min-replies={cfg.min_replies} valid replies arrive{secure}.")
 
 
 def _coordinator_security(certs: Path | None, keys: list[Path] | None,
@@ -227,42 +244,34 @@ def node(
         help="The SuperNode's own local port (Flower's --port); one per node on a host.")
     ] = 9094,
     max_wait_time: Annotated[float | None, typer.Option(
-        help="Give up reconnecting to the SuperLink after this many seconds (default: never).")
+        help="Once connected, give up reconnecting to the SuperLink after this many seconds "
+             "and exit non-zero (default: keep trying, and join the coordinator's next run).")
     ] = None,
+    connect_wait: Annotated[float, typer.Option(
+        help="At start, wait this long for something to answer at --superlink.")] = 60.0,
     activation_wait: Annotated[float, typer.Option(
         help="Retry this long while the SuperLink refuses to activate the node (a crashed "
              "node stays online there for up to 60 s; 0 = fail at once).")] = 90.0,
+    dataset: Annotated[str | None, typer.Option(
+        help="The federation's dataset (e.g. rotten-tomatoes): this node's labels are "
+             "checked against its classes at start.")] = None,
+    app_pin: Annotated[list[str] | None, typer.Option(
+        "--app-pin", help="The apps this node runs: `local` (the app this checkout builds; "
+                          "default), a FAB SHA-256, or `any` (trust the coordinator's code).")
+    ] = None,
     dry_run: DryRun = False,
     insecure: Insecure = False,
 ) -> None:
     """Start a SuperNode with its key, the CA, and its data, state and ε (node config)."""
-    from common.data.loaders import find_data_file
-    from simulations.deploy import (
-        check_node_key,
-        check_superlink_address,
-        resolve_root_certificates,
-        show,
-        supernode_command,
-        supervise_supernode,
-    )
-    from simulations.runner import flower_env
+    from simulations.deploy import DEFAULT_PORT, show, supernode_command
+    from simulations.node_checks import check_partition, check_port_number, parse_address
 
-    check_superlink_address(superlink)
+    address = parse_address(superlink, DEFAULT_PORT)
+    check_port_number(local_port, "--local-port")
+    check_partition(partition_id, num_partitions)
     if epsilon <= 0:
         raise ConfigError(f"--epsilon must be positive; got {epsilon}.")
-    if insecure:
-        if key is not None or root_certificates is not None:
-            raise ConfigError("--insecure cannot be combined with --key or --root-certificates:"
-                              " node authentication needs TLS (Flower exits 303). Drop "
-                              "--insecure to use them.")
-        console.print(f"[yellow]warning:[/yellow] {_insecure_warning()}")
-        ca = None
-    else:
-        if root_certificates is None or key is None:
-            raise ConfigError("--root-certificates CA and --key NODE_KEY are required (from "
-                              "`fedistill certs`); plaintext needs an explicit --insecure.")
-        ca = resolve_root_certificates(root_certificates)
-        check_node_key(key)
+    ca, key = _node_security(root_certificates, key, insecure)
     policy = NodePolicy(epsilon=float(epsilon), delta=float(delta), allow_non_dp=allow_non_dp,
                         require_secure_aggregation=not allow_unmasked)
     values: dict[str, Any] = {"data-dir": data_dir.expanduser().resolve(),
@@ -271,23 +280,86 @@ def node(
                               **{k.replace("_", "-"): v for k, v in asdict(policy).items()}}
     if num_partitions is not None:
         values["num-partitions"] = num_partitions
-    cmd = supernode_command(superlink=superlink, root_certificates=ca,
-                            key=None if key is None else key.resolve(), node_config=values,
-                            local_port=local_port, max_wait_time=max_wait_time)
+    cmd = supernode_command(superlink=superlink, root_certificates=ca, key=key,
+                            node_config=values, local_port=local_port,
+                            max_wait_time=max_wait_time)
     if dry_run:
         console.print(show(cmd), highlight=False, soft_wrap=True)
         return
-    if not data_dir.is_dir() or find_data_file(data_dir.expanduser(), ["train"]) is None:
-        raise ConfigError(f"--data-dir {data_dir} has no train.csv/.tsv/.jsonl (columns "
-                          "text,label); put this node's private examples there.")
-    values["state-dir"].mkdir(parents=True, exist_ok=True)
-    home = values["state-dir"] / ".flwr"
-    home.mkdir(exist_ok=True)
+    _check_node_data(values["data-dir"], dataset)
+    env = _node_env(values["state-dir"], app_pin or ["local"])
+    from simulations.node_checks import probe_superlink
+    from simulations.node_run import supervise_supernode
+
+    probe_superlink(address, ca, wait=connect_wait, say=_warn)
     console.print(f"[bold]fedistill node[/bold] client-{partition_id} → {superlink}: "
                   f"ε budget {epsilon}, state in {values['state-dir']}", highlight=False)
-    code = supervise_supernode(cmd, flower_env(home), activation_wait=activation_wait,
-                               say=lambda msg: console.print(f"[yellow]{msg}[/yellow]"))
+    code = supervise_supernode(cmd, env, superlink=superlink,
+                               activation_wait=activation_wait, say=_warn)
     raise SystemExit(code)  # Flower's own exit code (not typer.Exit: see cli.main)
+
+
+def _warn(message: str) -> None:
+    console.print(f"[yellow]{message}[/yellow]", highlight=False)
+
+
+def _node_security(root_certificates: Path | None, key: Path | None,
+                   insecure: bool) -> tuple[Path | None, Path | None]:
+    """The CA file and node key as absolute paths, checked; (None, None) with --insecure."""
+    from simulations.deploy import check_node_key, resolve_root_certificates
+
+    if insecure:
+        if key is not None or root_certificates is not None:
+            raise ConfigError("--insecure cannot be combined with --key or --root-certificates:"
+                              " node authentication needs TLS (Flower exits 303). Drop "
+                              "--insecure to use them.")
+        console.print(f"[yellow]warning:[/yellow] {_insecure_warning()}")
+        return None, None
+    if root_certificates is None or key is None:
+        raise ConfigError("--root-certificates CA and --key NODE_KEY are required (from "
+                          "`fedistill certs`); plaintext needs an explicit --insecure.")
+    ca = resolve_root_certificates(root_certificates.expanduser()).resolve()
+    return ca, check_node_key(key.expanduser()).resolve()
+
+
+def _check_node_data(data_dir: Path, dataset: str | None) -> None:
+    """The node's file parses and its labels fit; said on the node's console at start."""
+    from common.data import load_dataset
+    from simulations.node_checks import check_node_data
+
+    names = load_dataset(dataset, seed=0).class_names if dataset else None
+    data = check_node_data(data_dir, names)
+    labels = ", ".join(f"{name} {n}" for name, n in data.label_counts.items())
+    console.print(f"data: {data.examples} examples in {data_dir} (labels: {labels})"
+                  + ("" if dataset else "; pass --dataset to check them against the "
+                     "federation's classes"), highlight=False)
+
+
+def _node_env(state_dir: Path, pins: list[str]) -> dict[str, str]:
+    """Flower's environment for this node, with its app pin (none for ``any``)."""
+    from simulations.app_pin import pinned_env, resolve_pins
+    from simulations.runner import flower_env
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    home = state_dir / ".flwr"
+    home.mkdir(exist_ok=True)
+    env = flower_env(home)
+    allowed = resolve_pins(pins)
+    if allowed is None:
+        _warn("--app-pin any: this node runs whatever app the coordinator ships; its "
+              "privacy rules hold only if that code is honest.")
+        return env
+    console.print(f"app pin: {', '.join(p[:12] for p in sorted(allowed))} (a run of any "
+                  "other app is refused)", highlight=False)
+    return pinned_env(env, allowed, home / "bin")
+
+
+@deploy_app.command("app-digest")
+def app_digest() -> None:
+    """Print the SHA-256 of the app (FAB) this checkout builds: what nodes pin."""
+    from simulations.app_pin import local_app_digest
+
+    console.print(local_app_digest(), highlight=False)
 
 
 @deploy_app.command("node-data")

@@ -258,9 +258,10 @@ def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *,
                  error: Callable[[str], Exception], timeout: float = 60.0,
                  verify: Any = False,
                  on_http_error: Callable[[httpx.HTTPError], None] | None = None) -> None:
-    """Wait until the SuperLink ``proc`` answers ``url`` (its /health); raise ``error``
-    with the cause when it exits first or stays silent for ``timeout`` seconds.
-    ``on_http_error`` may raise at once for a failure that waiting cannot fix."""
+    """Wait until the SuperLink ``proc`` answers ``url`` (its /health) from its own
+    listening socket; raise ``error`` with the cause when it exits first or stays silent
+    for ``timeout`` seconds. ``on_http_error`` may raise at once for a failure that
+    waiting cannot fix."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -268,7 +269,10 @@ def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *,
             raise error(f"flower-superlink exited with {proc.returncode}: "
                         f"{tail(log_path)}; see {log_path}")
         try:
-            if httpx.get(url, timeout=2, verify=verify).is_success:
+            # The answer counts only from ``proc``: another SuperLink on the same port
+            # would answer too while ``proc`` dies of "address already in use".
+            if httpx.get(url, timeout=2, verify=verify).is_success and \
+                    listens_on(proc.pid, port_of(url)):
                 return
         except httpx.HTTPError as exc:
             last = exc
@@ -277,6 +281,20 @@ def wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *,
         time.sleep(0.3)
     raise error(f"flower-superlink did not answer on {url} within {timeout}s ({last}); "
                 f"see {log_path}")
+
+
+def port_of(url: str) -> int:
+    return int(httpx.URL(url).port or 0)
+
+
+def listens_on(root: int, port: int) -> bool:
+    """Whether ``root`` or a process of its tree listens on TCP ``port``."""
+    for pid in process_tree(root):
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections("tcp")):
+                return True
+    return False
 
 
 def follow_run(cmd: list[str], env: dict[str, str], out: Path, *, verbose: bool = False,

@@ -60,7 +60,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("ε max / budget", f"{_fmt(privacy['epsilon_max'])} / {privacy['budget']}"),
         ("δ", f"{privacy['delta']:g}"),
         ("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}"),
-        ("rounds · clients", f"{summary['rounds']} · {summary['clients']}"),
+        ("rounds · clients", f"{summary['rounds']} · {_clients(summary)}"),
         ("wall seconds", f"{summary['wall_seconds']:.1f}"),
     ]:
         table.add_row(label, _fmt(value))
@@ -69,6 +69,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(f"TF-IDF + LR on the teacher's {reference['teacher_labels']} labels",
                       _fmt(reference["tfidf_lr_teacher_labels"]))
     return table
+
+
+def _clients(summary: dict[str, Any]) -> str:
+    """The clients that took part, and of how many expected when fewer did."""
+    took, expected = summary.get("clients_took_part"), summary["clients"]
+    if took is None or took == expected:
+        return str(expected)
+    return f"{took} took part (of {expected} expected)"
 
 
 def _fmt(value: Any) -> str:

@@ -87,6 +87,10 @@ MUTATIONS = (
     Mutation("a swapped ledger key passed as ok", "simulations/ledger_verify.py",
              "other = [e for e in entries if e.key != fingerprint]", "other = []",
              ("tests/test_audit_ledger.py::test_ledgers_are_checked_against_the_coordinator_heads",)),
+    Mutation("an app the node did not pin installed", "simulations/app_pin.py",
+             "if digest not in pins:", "if False:",
+             ("tests/test_node_checks.py::"
+              "test_an_unpinned_app_is_refused_before_it_is_installed",)),
     Mutation("a δ change within a ledger accepted", "common/privacy/ledger.py",
              "if first_delta is not None and record.delta != first_delta:", "if False:",
              ("tests/test_audit_ledger.py::test_a_record_with_another_delta_fails_verify_and_report",)),

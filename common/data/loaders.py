@@ -261,7 +261,10 @@ def read_labeled_split(
         fmt=fmt,
     )
     assert raw is not None  # label_column is given
-    labels, names = encode_labels(raw, class_names)
+    try:
+        labels, names = encode_labels(raw, class_names)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     return Split(tuple(texts), labels, groups=_groups_to_ids(groups)), names
 
 
@@ -302,6 +305,18 @@ def load_text_classification_dir(
     If there is no ``train.*`` but exactly one data file, that file is used. Pass the
     federation's ``class_names`` so that every node maps labels to the same ids.
     """
+    split, _ = read_labeled_split(
+        node_data_file(directory),
+        text_column=text_column,
+        label_column=label_column,
+        group_column=group_column,
+        class_names=class_names,
+    )
+    return split
+
+
+def node_data_file(directory: str | Path) -> Path:
+    """The ``train.*`` file in a node's data directory, or its one data file."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise DataError(
@@ -317,14 +332,7 @@ def load_text_classification_dir(
                 f"data file); found {[p.name for p in files] or 'none'}."
             )
         path = files[0]
-    split, _ = read_labeled_split(
-        path,
-        text_column=text_column,
-        label_column=label_column,
-        group_column=group_column,
-        class_names=class_names,
-    )
-    return split
+    return path
 
 
 def text_classification_dataset(
@@ -395,6 +403,7 @@ __all__ = [
     "encode_labels",
     "find_data_file",
     "load_text_classification_dir",
+    "node_data_file",
     "open_text",
     "read_labeled_split",
     "read_labeled_texts",

@@ -111,10 +111,11 @@ def _copy_output(proc: subprocess.Popen, watch: _Watch, superlink: str,
             watch.gave_up.set()
         elif CONNECTION_FAILED in line and not watch.unreachable.is_set():
             watch.unreachable.set()
-            say(f"cannot reach the SuperLink at {superlink}; Flower keeps retrying. Check "
-                "that the coordinator is running at that address, that --root-certificates "
-                "is the federation's ca.crt and its certificate names this host, and that "
-                "both sides use TLS (or both --insecure).")
+            say(f"cannot reach the SuperLink at {superlink} (the run may be over); Flower "
+                "keeps retrying. If this node never connected, check that the coordinator "
+                "runs at that address, that --root-certificates is the federation's ca.crt "
+                "and its certificate names this host, and that both sides use TLS (or both "
+                "--insecure).")
 
 
 def _stop_group_leftovers(pgid: int, grace: float = 5.0) -> None:

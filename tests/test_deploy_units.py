@@ -234,3 +234,32 @@ def test_private_data_dir_uses_the_federations_labels(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text("text,label\na good film,great\n")
     with pytest.raises(DataError, match="great"):
         load_private_dir(tmp_path, _task(), dataset="rotten-tomatoes", seed=0, max_len=8)
+
+
+def test_the_coordinator_says_how_many_lost_nodes_a_round_survives() -> None:
+    from common.config import FedConfig
+    from simulations.deploy_cli import _dropout_line
+
+    two = FedConfig.from_mapping({"num-clients": 2, "secure-aggregation": True})
+    assert "one lost node fails the run" in _dropout_line(two)
+    three = FedConfig.from_mapping({"num-clients": 3, "secure-aggregation": True})
+    line = _dropout_line(three)
+    assert "without up to 1 of its 3 nodes" in line and "secagg-threshold" in line
+
+
+def test_the_summary_counts_the_clients_that_took_part() -> None:
+    from common.config import FedConfig
+    from coordinator.report import build_summary
+    from simulations.report import summary_table
+
+    cfg = FedConfig.from_mapping({"num-clients": 2, "min-replies": 1})
+    history = [{"round": 0, "teacher_accuracy": 0.7},
+               {"round": 1, "teacher_accuracy": 0.72, "epsilon": {"client-0": 3.0}},
+               {"round": 2, "teacher_accuracy": 0.73, "epsilon": {"client-0": 5.0}}]
+    summary = build_summary(cfg, history)
+    assert (summary["clients"], summary["clients_took_part"]) == (2, 1)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    assert "2 · 1 took part (of 2 expected)" in console.export_text()

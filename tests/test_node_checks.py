@@ -295,3 +295,33 @@ def test_flower_still_says_the_lines_the_node_watches() -> None:
                      for p in Path(flwr.__file__).parent.rglob("*.py"))
     for line in (ACTIVATION_REFUSED, CONNECTION_FAILED, GAVE_UP):
         assert line in source
+
+
+def test_a_health_answer_counts_only_from_the_superlink_that_was_started(
+        tmp_path: Path) -> None:
+    """Another server answering /health on the port (a first SuperLink) must not pass for
+    the one just started, which is dying of "address already in use"."""
+    import http.server
+
+    from simulations.proctree import wait_healthy
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    dying = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    log = tmp_path / "superlink.log"
+    log.write_text("[Errno 98] address already in use\n")
+    try:
+        with pytest.raises(RuntimeError, match="exited with 0"):
+            wait_healthy(dying, f"http://127.0.0.1:{other.server_port}/health", log,
+                         error=RuntimeError, timeout=30)
+    finally:
+        other.shutdown()
+        dying.wait()

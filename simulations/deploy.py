@@ -3,15 +3,18 @@
 
 Both commands are thin wrappers: they build Flower's own command lines (shown with
 ``--dry-run``), check what Flower would only report deep in a log (a missing key, a
-certificate without the right SAN, a data directory without a ``train.csv``), and stop
-every process they start by PID. What runs is FLOWER.md's "Deployment" recipe:
+certificate without the right SAN, a busy port; the node's own checks are in
+simulations/node_checks.py), and stop every process they start by PID. What runs is
+FLOWER.md's "Deployment" recipe:
 
 - coordinator: ``flower-superlink`` with TLS, SuperNode authentication, a database file
   (node registrations survive a restart) and no per-run dependency installation; then
   ``flwr supernode register`` for every node public key; then ``flwr run`` of this
   project's Flower App with the run config, following ``metrics.jsonl`` as rounds land;
 - node: ``flower-supernode`` with its private key, the CA certificate and its node
-  config (``data-dir``, ``state-dir``, ``epsilon``, ``partition-id``, ``num-partitions``).
+  config (``data-dir``, ``state-dir``, ``epsilon``, ``partition-id``, ``num-partitions``),
+  watched by simulations/node_run.py and running only the app it pins
+  (simulations/app_pin.py).
 
 Restarts: the ServerApp checkpoints after every round and resumes from ``checkpoint.pt``
 in the run directory, and the SuperLink database keeps the registered nodes, so running

@@ -264,7 +264,13 @@ def node(
 ) -> None:
     """Start a SuperNode with its key, the CA, and its data, state and ε (node config)."""
     from simulations.deploy import DEFAULT_PORT, show, supernode_command
-    from simulations.node_checks import check_partition, check_port_number, parse_address
+    from simulations.node_checks import (
+        check_partition,
+        check_port_number,
+        parse_address,
+        probe_superlink,
+    )
+    from simulations.node_run import supervise_supernode
 
     address = parse_address(superlink, DEFAULT_PORT)
     check_port_number(local_port, "--local-port")
@@ -288,9 +294,6 @@ def node(
         return
     _check_node_data(values["data-dir"], dataset)
     env = _node_env(values["state-dir"], app_pin or ["local"])
-    from simulations.node_checks import probe_superlink
-    from simulations.node_run import supervise_supernode
-
     probe_superlink(address, ca, wait=connect_wait, say=_warn)
     console.print(f"[bold]fedistill node[/bold] client-{partition_id} → {superlink}: "
                   f"ε budget {epsilon}, state in {values['state-dir']}", highlight=False)

@@ -67,27 +67,24 @@ def local_app_digest() -> str:
     return fab_digest(build_fab_from_disk(app_dir()))
 
 
-def resolve_pins(values: list[str]) -> frozenset[str] | None:
-    """``--app-pin`` values: ``local`` (this checkout's app), ``any``, or FAB hashes.
-
-    None means "any app": no check. Anything else is a set of 64-hex-digit hashes.
-    """
+def check_pin_values(values: list[str]) -> None:
+    """``--app-pin`` values are ``local``, ``any`` alone, or 64-hex-digit FAB hashes."""
     from common.errors import ConfigError  # not at the top: see the module's docstring
 
-    if values == ["any"]:
-        return None
-    if "any" in values:
+    if "any" in values and values != ["any"]:
         raise ConfigError("--app-pin any cannot be combined with other pins.")
-    pins = set()
     for value in values:
-        if value == "local":
-            pins.add(local_app_digest())
-        elif re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            pins.add(value.lower())
-        else:
+        if value not in ("local", "any") and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ConfigError(f"--app-pin {value!r}: give `local`, `any`, or a FAB's SHA-256 "
                               "(64 hex digits; `fedistill app-digest` prints this checkout's).")
-    return frozenset(pins)
+
+
+def resolve_pins(values: list[str]) -> frozenset[str] | None:
+    """The FAB hashes ``--app-pin`` accepts (``local``: this checkout's app); None: any."""
+    check_pin_values(values)
+    if values == ["any"]:
+        return None
+    return frozenset(local_app_digest() if v == "local" else v.lower() for v in values)
 
 
 def pinned_env(env: dict[str, str], pins: frozenset[str], bin_dir: Path) -> dict[str, str]:

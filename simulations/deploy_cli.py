@@ -263,6 +263,7 @@ def node(
     insecure: Insecure = False,
 ) -> None:
     """Start a SuperNode with its key, the CA, and its data, state and ε (node config)."""
+    from simulations.app_pin import check_pin_values
     from simulations.deploy import DEFAULT_PORT, show, supernode_command
     from simulations.node_checks import (
         check_partition,
@@ -275,6 +276,7 @@ def node(
     address = parse_address(superlink, DEFAULT_PORT)
     check_port_number(local_port, "--local-port")
     check_partition(partition_id, num_partitions)
+    check_pin_values(app_pin or ["local"])
     if epsilon <= 0:
         raise ConfigError(f"--epsilon must be positive; got {epsilon}.")
     ca, key = _node_security(root_certificates, key, insecure)

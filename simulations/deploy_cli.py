@@ -105,8 +105,9 @@ def coordinator(
         _print_coordinator_commands(coord)
         return
     resumed = _prepare_run_dir(run_dir, cfg.to_run_config(), fresh)
-    console.print(f"[bold]fedistill coordinator[/bold]: {cfg.dataset}, {cfg.num_clients} "
-                  f"nodes expected, {cfg.rounds} rounds, run directory {run_dir}"
+    console.print(f"[bold]fedistill coordinator[/bold]: {cfg.dataset}, "
+                  f"{_count(cfg.num_clients, 'node')} expected, {_count(cfg.rounds, 'round')}, "
+                  f"run directory {run_dir}"
                   + (f" (resuming its checkpoint; rounds recorded: {resumed})"
                      if resumed is not None else ""))
     console.print(_dropout_line(cfg), highlight=False)
@@ -114,14 +115,18 @@ def coordinator(
     _print_summary(run_dir, cfg.epsilon)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _dropout_line(cfg: Any) -> str:
     """How many lost nodes a round survives, said before the run starts."""
     sampled = cfg.sampled_per_round
     spare = sampled - cfg.min_replies
     if spare <= 0:
-        return (f"dropouts: every round needs all {sampled} sampled nodes (min-replies="
-                f"{cfg.min_replies}): one lost node fails the run. With more nodes, a lower "
-                "--set min-replies lets rounds go on without it.")
+        return (f"dropouts: every round needs all {_count(sampled, 'sampled node')} "
+                f"(min-replies={cfg.min_replies}): one lost node fails the run. With more "
+                "nodes, a lower --set min-replies lets rounds go on without it.")
     secure = (" and SecAgg+ can rebuild the lost nodes' masks (secagg-threshold="
               f"{cfg.secagg_threshold})") if cfg.secure_aggregation else ""
     return (f"dropouts: a round goes on without up to {spare} of its {sampled} nodes, while "
@@ -373,22 +378,33 @@ def node_data(
     preset: Preset = None,
     config: ConfigFile = None,
     set_: Sets = None,
+    max_examples: Annotated[int | None, typer.Option(
+        help="At most this many examples per node (a seeded sample), for a quick trial.")
+    ] = None,
 ) -> None:
     """Export a simulation's private partitions as per-node data directories (for trials)."""
+    import numpy as np
+
     from common.data import load_dataset, partition
 
     cfg = resolve_config(preset, config, set_ or [], None)
+    if max_examples is not None and max_examples < 1:
+        raise ConfigError(f"--max-examples {max_examples} must be 1 or more.")
     roles = load_dataset(cfg.dataset, seed=cfg.seed)
     private = roles.private
     if private.texts is None or private.labels is None:
         raise ConfigError(f"dataset={cfg.dataset!r} has no labelled private texts to export.")
     parts = partition(private.labels, cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha,
                       groups=private.groups, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # public randomness: which examples a trial keeps
     for k, idx in enumerate(parts):
+        if max_examples is not None and len(idx) > max_examples:
+            idx = np.sort(rng.choice(idx, size=max_examples, replace=False))
         folder = out / f"node-{k}"
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / "train.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["text", "label"])
-            writer.writerows((private.texts[i], int(private.labels[i])) for i in idx)
+            writer.writerows((private.texts[i], roles.class_names[int(private.labels[i])])
+                             for i in idx)
         console.print(f"{folder / 'train.csv'}: {len(idx)} examples")

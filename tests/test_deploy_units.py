@@ -263,3 +263,17 @@ def test_the_summary_counts_the_clients_that_took_part() -> None:
     console = Console(width=200, record=True)
     console.print(summary_table(summary))
     assert "2 · 1 took part (of 2 expected)" in console.export_text()
+
+
+def test_node_data_writes_class_names_and_keeps_at_most_max_examples(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["node-data", "--preset", "quick", "--set",
+                                      "num-clients=2", "--max-examples", "50", "--out",
+                                      str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    import csv
+
+    for k in (0, 1):
+        with (tmp_path / f"node-{k}" / "train.csv").open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == ["text", "label"] and len(rows) == 51
+        assert {label for _, label in rows[1:]} <= {"rotten", "fresh"}

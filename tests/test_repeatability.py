@@ -38,7 +38,8 @@ def _copy_secrets(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_a_rerun_with_the_same_secrets_reproduces_every_metric(tmp_path: Path) -> None:
+def test_a_rerun_with_the_same_secrets_reproduces_every_metric_and_new_ones_do_not(
+        tmp_path: Path) -> None:
     first = _run(_config(tmp_path / "first"))
     _copy_secrets(tmp_path / "first", tmp_path / "again")
     again = _run(_config(tmp_path / "again"))
@@ -47,3 +48,7 @@ def test_a_rerun_with_the_same_secrets_reproduces_every_metric(tmp_path: Path) -
     # the aggregate's digest carries every bit of the soft labels, which DP noise moves
     assert all(len(r["aggregate_sha256"]) == 64 for r in rounds)
     assert again == first
+    fresh = _run(_config(tmp_path / "fresh"))  # new node secrets: other batches and noise
+    fresh_rounds = [r for r in fresh if r.get("round", 0) > 0]
+    assert [r["aggregate_sha256"] for r in fresh_rounds] != [
+        r["aggregate_sha256"] for r in rounds]

@@ -165,8 +165,9 @@ def _same_weights(a: list, b: list) -> bool:
     return all(torch.equal(x[key], y[key]) for x, y in zip(a, b, strict=True) for key in x)
 
 
-def test_the_same_node_secrets_repeat_a_run_exactly_and_fresh_ones_do_not(
-        quick_run: Path, tmp_path: Path) -> None:
+def test_the_same_node_secrets_repeat_a_run_exactly(quick_run: Path, tmp_path: Path) -> None:
+    """Through the CLI's --node-secrets; that fresh secrets change the run is checked in
+    process (tests/test_repeatability.py), where a third run costs seconds."""
     again = _rerun(quick_run, tmp_path / "again", "--node-secrets", str(quick_run))
     assert _without_timing(again) == _without_timing(quick_run)
     for k in range(3):
@@ -174,5 +175,3 @@ def test_the_same_node_secrets_repeat_a_run_exactly_and_fresh_ones_do_not(
                   for run in (again, quick_run)]
         assert events[0] == events[1]
     assert _same_weights(_students(again), _students(quick_run))
-    fresh = _rerun(quick_run, tmp_path / "fresh")
-    assert not _same_weights(_students(fresh), _students(quick_run))

@@ -115,15 +115,15 @@ def _free_port() -> int:
 # ------------------------------------------------------------------ the torchrun check
 
 
-def synthetic_problem(seed: int = 0, n: int = 512, dim: int = 16,
-                      classes: int = 4) -> tuple[nn.Module, Tensor, Tensor]:
+def synthetic_problem(seed: int = 0, n: int = 512, dim: int = 16, classes: int = 4,
+                      hidden: int = 64) -> tuple[nn.Module, Tensor, Tensor]:
     """A small deterministic problem: a two-layer MLP on Gaussian blobs."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=gen) * 2
     y = torch.randint(0, classes, (n,), generator=gen)
     x = centres[y] + torch.randn(n, dim, generator=gen)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, classes))
+    model = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, classes))
     return model, x, y
 
 
@@ -133,13 +133,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON of losses (rank 0).")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--global-batch", type=int, default=32)
-    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per process: the comparison is about processes
     launched = "WORLD_SIZE" in os.environ
     if launched:
         dist.init_process_group("gloo")
-    model, x, y = synthetic_problem(n=args.n)
+    model, x, y = synthetic_problem(n=args.examples, dim=args.dim, hidden=args.hidden)
     settings = DataParallelSettings(epochs=args.epochs, global_batch=args.global_batch)
     start = time.perf_counter()
     losses = train_data_parallel(model, x, y, settings, torch.device("cpu"))

@@ -42,7 +42,8 @@ FINAL = ("int8", "int8emb", "fp16", "bf16")
 PRETRAINED_ONLY = ("vocab", "positions", "int8emb")
 
 PRETRAINED_RECIPES = ("fp32", "int8", "int8+int8emb", "magnitude=0.5", "heads=0.25+ffn=0.25",
-                      "lowrank=0.9", "vocab+positions", "vocab+positions+int8+int8emb",
+                      "heads=0.25+ffn=0.25+student=6", "lowrank=0.9", "vocab+positions",
+                      "vocab+positions+int8+int8emb",
                       "student=3+vocab+positions",
                       "student=3+vocab+positions+int8+int8emb",
                       "student=2+vocab+positions+int8+int8emb",

@@ -1,0 +1,73 @@
+"""The compression benchmark: ``fedistill compress`` on finished runs, and its page.
+
+    python -m bench.compress --run default=runs/default --run quick=runs/quick
+    python -m bench.compress --render      # the page again from the saved JSON
+
+writes ``bench/results/compression.json``, ``docs/COMPRESSION.md`` (the tables, target
+verdicts, the data-parallel numbers of ``bench/results/ddp.json`` and the model-parallel
+memory arithmetic) and one Pareto plot per run in ``docs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.pages import text
+from simulations.compress_cli import compress
+from simulations.compress_report import table, verdict_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "bench" / "results" / "compression.json"
+DDP = ROOT / "bench" / "results" / "ddp.json"
+PAGE = ROOT / "docs" / "COMPRESSION.md"
+
+
+def _plot_name(name: str) -> str:
+    return f"compression_pareto-{name}.png"
+
+
+def measure_runs(runs: dict[str, Path], epochs: int, reps: int, threads: int) -> dict:
+    """Every run compressed with its kind's default recipes; plots copied into docs/."""
+    results = {}
+    for name, run_dir in runs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp)
+            compress(run_dir, out=out, recipe=None, source="teacher", threads=threads,
+                     reps=reps, epochs=epochs, test_limit=0)
+            results[name] = json.loads((out / "compression.json").read_text())
+            shutil.copy(out / "pareto.png", ROOT / "docs" / _plot_name(name))
+    return results
+
+
+def render(results: dict) -> str:
+    sections = [{"name": name, "result": result, "table": "\n".join(table(result["rows"])),
+                 "verdicts": "\n".join(verdict_lines(result["rows"])),
+                 "plot": _plot_name(name)} for name, result in results.items()]
+    ddp = json.loads(DDP.read_text()) if DDP.is_file() else None
+    return text("COMPRESSION.md.j2", sections=sections, ddp=ddp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
+    parser.add_argument("--render", action="store_true", help="Only re-render the page.")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if not args.render:
+        runs = {k: Path(v) for k, _, v in (r.partition("=") for r in args.run)}
+        # a run measured now replaces its earlier entry; the other runs' entries stay
+        results = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+        results.update(measure_runs(runs, args.epochs, args.reps, args.threads))
+        RESULT.write_text(json.dumps(results, indent=1) + "\n")
+    PAGE.write_text(render(json.loads(RESULT.read_text())))
+    print(f"Wrote {RESULT.relative_to(ROOT)} and {PAGE.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,3 +39,17 @@ def test_the_table_and_plot_carry_every_row(tmp_path):
     assert len(lines) == 4 and "`int8`" in lines[3] and "| 2.0 |" in lines[3]
     pareto_plot(rows, tmp_path / "p.png", "t")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_page_renders_every_run_with_its_verdicts():
+    from bench.compress import render
+
+    settings = {"threads": 1, "reps_batch1": 200, "reps_batch32": 25, "warmup": 5,
+                "distil_epochs": 3, "distil_lr": 1e-4, "test_limit": 0, "torch": "2",
+                "cpu": "x86_64", "gpu": None}
+    rows = [BASE, _row("student=3+int8", 9.0, 8.0, 0.72)]
+    result = {"teacher_family": "probe", "backbone": "minilm", "settings": settings,
+              "rows": rows}
+    page = render({"default": result})
+    assert "## default: the probe teacher on `minilm`" in page
+    assert "**missed**" in page and "compression_pareto-default.png" in page

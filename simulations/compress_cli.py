@@ -8,6 +8,7 @@ table and the target verdicts) and ``pareto.png`` into ``--out``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,7 +66,9 @@ def settings_record(config: CompressConfig) -> dict[str, Any]:
             "distil_epochs": config.distil.epochs, "distil_lr": config.distil.lr,
             "test_limit": config.test_limit, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            # the machine may be shared: its load while the numbers were taken
+            "load_average": os.getloadavg()[0]}
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> None:

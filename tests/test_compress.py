@@ -151,3 +151,13 @@ def test_recipes_compose_in_order():
     assert parse_recipe("fp32", "pretrained") == []
     assert parse_recipe("student=3+vocab+int8+int8emb", "pretrained") == [
         ("student", 3.0), ("vocab", None), ("int8", None), ("int8emb", None)]
+
+
+def test_length_buckets_cover_every_text_once_in_similar_lengths():
+    from common.compress.student import _length_buckets
+
+    lengths = torch.randint(1, 200, (1000,), generator=torch.Generator().manual_seed(0))
+    batches = _length_buckets(lengths, 32, torch.Generator().manual_seed(1))
+    assert sorted(torch.cat(batches).tolist()) == list(range(1000))
+    spread = sum(float(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
+    assert spread < 60  # random batches of 32 would span nearly the whole 1..200

@@ -80,8 +80,9 @@ def distil_pretrained(student: ProbeOnEncoder, tokenize, texts: Sequence[str],
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(settings.seed)
+    lengths = torch.tensor([len(t) for t in texts])
     for _ in range(settings.epochs):
-        for idx in torch.randperm(len(texts), generator=gen).split(settings.batch_size):
+        for idx in _length_buckets(lengths, settings.batch_size, gen):
             pooled = student.features(tokenize([texts[i] for i in idx]))
             loss = kd_loss(student.probe(pooled), targets[idx], temperature)
             cosine = nn.functional.cosine_similarity(pooled, features[idx], dim=-1)
@@ -91,6 +92,20 @@ def distil_pretrained(student: ProbeOnEncoder, tokenize, texts: Sequence[str],
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
     return student.eval()
+
+
+def _length_buckets(lengths: Tensor, batch_size: int, gen: torch.Generator) -> list[Tensor]:
+    """Shuffled batches of texts of similar length: a batch pads to its longest text, so
+    random batches of short reviews would spend most of their compute on padding. Texts
+    are shuffled, sorted by length within windows of 16 batches, and the batches
+    shuffled again."""
+    order = torch.randperm(len(lengths), generator=gen)
+    window = batch_size * 16
+    batches = []
+    for chunk in order.split(window):
+        chunk = chunk[lengths[chunk].argsort()]
+        batches.extend(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
 
 
 def prune_vocabulary(model: ProbeOnEncoder, token_ids: Sequence[Tensor], keep_ids: Sequence[int],

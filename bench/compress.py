@@ -30,15 +30,19 @@ def _plot_name(name: str) -> str:
     return f"compression_pareto-{name}.png"
 
 
-def measure_runs(runs: dict[str, Path], epochs: int, reps: int, threads: int) -> dict:
-    """Every run compressed with its kind's default recipes; plots copied into docs/."""
+def measure_runs(runs: dict[str, Path], args: argparse.Namespace) -> dict:
+    """Every run compressed (its kind's default recipes unless --recipe); plots copied
+    into docs/; the command line is kept with the numbers."""
     results = {}
     for name, run_dir in runs.items():
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
-            compress(run_dir, out=out, recipe=None, source="teacher", threads=threads,
-                     reps=reps, epochs=epochs, test_limit=0)
+            compress(run_dir, out=out, recipe=args.recipe or None, source="teacher",
+                     threads=args.threads, reps=args.reps, epochs=args.epochs, test_limit=0)
             results[name] = json.loads((out / "compression.json").read_text())
+            recipes = "".join(f" --recipe {r}" for r in args.recipe)
+            results[name]["command"] = (f"python -m bench.compress --run {name}={run_dir} "
+                                        f"--epochs {args.epochs}{recipes}")
             shutil.copy(out / "pareto.png", ROOT / "docs" / _plot_name(name))
     return results
 
@@ -46,7 +50,8 @@ def measure_runs(runs: dict[str, Path], epochs: int, reps: int, threads: int) ->
 def render(results: dict) -> str:
     sections = [{"name": name, "result": result, "table": "\n".join(table(result["rows"])),
                  "verdicts": "\n".join(verdict_lines(result["rows"])),
-                 "plot": _plot_name(name)} for name, result in results.items()]
+                 "plot": _plot_name(name), "row": {r["recipe"]: r for r in result["rows"]}}
+                for name, result in results.items()]
     ddp = json.loads(DDP.read_text()) if DDP.is_file() else None
     return text("COMPRESSION.md.j2", sections=sections, ddp=ddp)
 
@@ -58,12 +63,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--recipe", action="append", default=[], help="Instead of the "
+                        "default recipes (repeat).")
     args = parser.parse_args()
     if not args.render:
         runs = {k: Path(v) for k, _, v in (r.partition("=") for r in args.run)}
         # a run measured now replaces its earlier entry; the other runs' entries stay
         results = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
-        results.update(measure_runs(runs, args.epochs, args.reps, args.threads))
+        results.update(measure_runs(runs, args))
         RESULT.write_text(json.dumps(results, indent=1) + "\n")
     PAGE.write_text(render(json.loads(RESULT.read_text())))
     print(f"Wrote {RESULT.relative_to(ROOT)} and {PAGE.relative_to(ROOT)}")

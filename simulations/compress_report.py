@@ -53,7 +53,10 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
@@ -70,7 +73,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
                  f"{_fmt(row.get('cpu_b1_p50_ms'))} / {_fmt(row.get('cpu_b1_p95_ms'))}",
                  _fmt(r.get("faster"), 2),
                  f"{_fmt(row.get('cpu_b32_p50_ms'), 0)} / {_fmt(row.get('cpu_b32_p95_ms'), 0)}",
-                 _fmt(row["accuracy"], 4), _fmt(-r["points"] if r else None, 2)]
+                 _fmt(row["accuracy"], 4), _fmt(-r["points"] + 0.0 if r else None, 2)]
         if gpu:
             cells.append(f"{_fmt(row.get('gpu_b1_p50_ms'))} / "
                          f"{_fmt(row.get('gpu_b32_p50_ms'))}")

@@ -49,7 +49,8 @@ def test_the_page_renders_every_run_with_its_verdicts():
                 "cpu": "x86_64", "gpu": None}
     rows = [BASE, _row("student=3+int8", 9.0, 8.0, 0.72)]
     result = {"teacher_family": "probe", "backbone": "minilm", "settings": settings,
-              "rows": rows}
+              "rows": rows, "run_dir": "runs/default"}
     page = render({"default": result})
     assert "## default: the probe teacher on `minilm`" in page
     assert "**missed**" in page and "compression_pareto-default.png" in page
+    assert "fedistill simulate --preset default --out runs/default" in page

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.pages import text
 from simulations.compress_cli import compress
-from simulations.compress_report import table, verdict_lines
+from simulations.compress_report import table, verdict_lines, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "compression.json"
@@ -48,12 +48,38 @@ def measure_runs(runs: dict[str, Path], args: argparse.Namespace) -> dict:
 
 
 def render(results: dict) -> str:
-    sections = [{"name": name, "result": result, "table": "\n".join(table(result["rows"])),
-                 "verdicts": "\n".join(verdict_lines(result["rows"])),
-                 "plot": _plot_name(name), "row": {r["recipe"]: r for r in result["rows"]}}
-                for name, result in results.items()]
+    names = sorted(results, key=lambda n: (not n.startswith("default"), n))
+    sections = [{"name": name, "result": results[name],
+                 "table": "\n".join(table(results[name]["rows"])),
+                 "verdicts": "\n".join(verdict_lines(results[name]["rows"])),
+                 "plot": _plot_name(name), "row": {r["recipe"]: r for r in results[name]["rows"]}}
+                for name in names]
     ddp = json.loads(DDP.read_text()) if DDP.is_file() else None
-    return text("COMPRESSION.md.j2", sections=sections, ddp=ddp)
+    return text("COMPRESSION.md.j2", sections=sections, ddp=ddp, summary=_summary(results),
+                student_gap=_student_gap(results))
+
+
+def _student_gap(results: dict, recipe: str = "student=3+vocab+positions") -> float | None:
+    """Accuracy points between the 1-epoch and the 2-epoch 3-layer student, if both ran."""
+    rows = [{r["recipe"]: r for r in results[n]["rows"]} for n in ("default", "default-e1")
+            if n in results]
+    if len(rows) < 2 or any(recipe not in r for r in rows):
+        return None
+    return 100 * (rows[1][recipe]["accuracy"] - rows[0][recipe]["accuracy"])
+
+
+def _summary(results: dict) -> list[dict]:
+    """Per target, every default-preset run and recipe that met it (or none)."""
+    out: list[dict] = []
+    for name, result in results.items():
+        if not name.startswith("default"):
+            continue
+        for i, v in enumerate(verdicts(result["rows"])):
+            while len(out) <= i:
+                out.append({"target": v["target"], "met": []})
+            if v["met"]:
+                out[i]["met"].append({"run": name, **v})
+    return out
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from common.metrics import accuracy
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
 from common.task import PreparedTask
-from common.training import evaluate_accuracy, train_supervised
+from common.training import evaluate_accuracy
 from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
     Checkpoint,
@@ -51,7 +51,13 @@ from coordinator.report import (
     write_summary,
 )
 from coordinator.secure import run_secure_round
-from coordinator.teacher import guarded_update, sent_soft_labels, teacher_config, teacher_task
+from coordinator.teacher import (
+    guarded_update,
+    pretrain_teacher,
+    sent_soft_labels,
+    teacher_config,
+    teacher_task,
+)
 
 app = ServerApp()
 
@@ -116,8 +122,7 @@ def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Modul
         teacher.load_state_dict(torch.load(cfg.teacher_checkpoint, map_location="cpu",
                                            weights_only=True))
     else:
-        train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_epochs,
-                         lr=cfg.teacher_lr, device=device, seed=cfg.seed)
+        pretrain_teacher(cfg, task, teacher, device)
     acc = evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
     log(INFO, "Round 0: teacher test accuracy %.4f (pre-trained on %s labeled examples)",
         acc, len(task.teacher_x))

@@ -19,6 +19,9 @@ from common.distill.losses import soften
 from common.models import ModelConfig
 from common.task import PreparedTask, model_config, prepare_task, task_for
 from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
+from common.training.ddp import DataParallelSettings, spawn_train
+
+TEACHER_BATCH = 32  # the global batch of pre-training, on one device or several
 
 
 def teacher_task(cfg: FedConfig) -> PreparedTask:
@@ -32,6 +35,23 @@ def sent_soft_labels(cfg: FedConfig, teacher: torch.nn.Module, public_x: torch.T
                      device: torch.device) -> torch.Tensor:
     """The teacher's knowledge a round sends: its softened predictions on the batch."""
     return soften(predict_logits(teacher, public_x, device=device), cfg.temperature)
+
+
+def pretrain_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                     device: torch.device) -> None:
+    """Pre-train on the labelled teacher set (round 0). With more than one GPU, data
+    parallel over all of them (common/training/ddp.py) with the same global batch and
+    optimiser, so the result follows the one-device run; otherwise in this process."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus > 1:
+        settings = DataParallelSettings(epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
+                                        global_batch=TEACHER_BATCH, seed=cfg.seed)
+        spawn_train(teacher, task.teacher_x, task.teacher_y, settings, world=gpus,
+                    device_type="cuda")
+        return
+    train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_epochs,
+                     lr=cfg.teacher_lr, batch_size=TEACHER_BATCH, device=device,
+                     seed=cfg.seed)
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:

@@ -9,6 +9,7 @@ import typer
 from common.errors import FedistillError
 from simulations.audit_cli import audit_app
 from simulations.cli_common import console
+from simulations.compress_cli import compress_app
 from simulations.data_cli import data_app
 from simulations.deploy_cli import deploy_app
 from simulations.robustness.command import robustness_app
@@ -22,6 +23,7 @@ app = typer.Typer(
     help="Privacy-preserving federated distillation on Flower and Opacus.",
 )
 # Listed in this order by `fedistill --help`: the single commands, then the groups.
+app.add_typer(compress_app)  # compress
 app.add_typer(deploy_app)  # certs, coordinator, node, node-data
 app.add_typer(robustness_app)  # robustness
 app.add_typer(simulate_app)  # simulate

@@ -64,6 +64,13 @@ class TransformerClassifier(nn.Module):
         self.apply(init_weights)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x, keep = self.embed(input_ids)
+        h = self.encoder(x, key_padding_mask=~keep)  # (B, T', d)
+        return self.classify(h, keep)
+
+    def embed(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token (and [CLS]) embeddings with positions, and the real-token mask: what the
+        first block reads (a pipeline split, common/models/pipeline.py, calls it alone)."""
         keep = input_ids != self.pad_id  # (B, T), True on real tokens
         # .contiguous(): ghost clipping .view()s embedding inputs; a sliced batch would fail
         x = self.tok_emb(input_ids.contiguous())  # (B, T, d)
@@ -72,8 +79,10 @@ class TransformerClassifier(nn.Module):
             cls_ids = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
             x = torch.cat([self.cls_emb(cls_ids), x], dim=1)  # (B, 1 + T, d)
             keep = torch.cat([torch.ones_like(keep[:, :1]), keep], dim=1)
-        x = self.drop(self.pos(x))
-        h = self.encoder(x, key_padding_mask=~keep)  # (B, T', d)
+        return self.drop(self.pos(x)), keep
+
+    def classify(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits from the encoder's output ``h`` (B, T', d)."""
         pooled = h[:, 0] if self.cls_emb is not None else masked_mean(h, keep)  # (B, d)
         return self.head(pooled)
 

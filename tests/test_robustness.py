@@ -357,10 +357,10 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
     """A run dir as the coordinator writes it, made by replaying its steps in-process."""
     from common.models import build_model
     from common.task import prepare_task
-    from common.training import evaluate_accuracy, train_supervised
+    from common.training import evaluate_accuracy
     from coordinator.aggregation import aggregator_from_config
     from coordinator.report import save_round_replies
-    from coordinator.teacher import teacher_config, update_teacher
+    from coordinator.teacher import pretrain_teacher, teacher_config, update_teacher
 
     data = tmp_path / "d.jsonl"
     rows = [(t, "pos") for t in POS * 4] + [(t, "neg") for t in NEG * 4]
@@ -384,15 +384,7 @@ def _tiny_run(tmp_path: Path) -> tuple[FedConfig, Path, list[float]]:
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
     torch.manual_seed(cfg.seed)  # as coordinator/app.py main()
     teacher = build_model(teacher_config(cfg, task))
-    train_supervised(
-        teacher,
-        task.teacher_x,
-        task.teacher_y,
-        epochs=cfg.teacher_epochs,
-        lr=cfg.teacher_lr,
-        device=torch.device("cpu"),
-        seed=cfg.seed,
-    )
+    pretrain_teacher(cfg, task, teacher, torch.device("cpu"))
     torch.save(teacher.state_dict(), run_dir / "teacher-round0.pt")
     accuracy = [evaluate_accuracy(teacher, task.test_x, task.test_y, device=torch.device("cpu"))]
     rng = np.random.default_rng(1)

@@ -238,10 +238,10 @@ def replay(
     from client.attacks import AttackerView
     from common.device import resolve_device
     from common.models import build_model
-    from common.training import train_supervised
     from coordinator.aggregation import aggregator_from_config
     from coordinator.teacher import (
         guarded_update,
+        pretrain_teacher,
         sent_soft_labels,
         teacher_config,
         teacher_task,
@@ -266,15 +266,7 @@ def replay(
             f"re-running the teacher's pre-training ({cfg.teacher_epochs} epochs) to put "
             "torch's RNG where the coordinator's was"
         )
-        train_supervised(
-            teacher,
-            task.teacher_x,
-            task.teacher_y,
-            epochs=cfg.teacher_epochs,
-            lr=cfg.teacher_lr,
-            device=device,
-            seed=cfg.seed,
-        )
+        pretrain_teacher(cfg, task, teacher, device)  # the coordinator's own round 0
         reproduced = all(
             torch.equal(v, round0[k].to(v.device)) for k, v in teacher.state_dict().items()
         )

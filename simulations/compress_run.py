@@ -26,7 +26,7 @@ from common.errors import ConfigError
 from common.models import build_model
 from common.task import PreparedTask, model_config, task_for
 from common.training import predict_logits
-from coordinator.teacher import teacher_config, teacher_task
+from coordinator.teacher import sent_soft_labels, teacher_config, teacher_task
 
 SOURCES = ("teacher", "ensemble")
 CPU = torch.device("cpu")
@@ -39,11 +39,13 @@ def load_subject(run_dir: Path, source: str = "teacher") -> Subject:
         raise ConfigError(f"--source {source!r} is not one of {SOURCES}.")
     cfg = run_config(run_dir)
     task = teacher_task(cfg)
-    teacher = build_model(teacher_config(cfg, task))
+    config = teacher_config(cfg, task)
+    teacher = build_model(config)
     teacher.load_state_dict(torch.load(run_dir / "teacher.pt", map_location=CPU,
                                        weights_only=True))
     teacher.eval()
-    targets = (_teacher_targets(cfg, teacher, task) if source == "teacher"
+    # the teacher's targets are the soft labels a round sends to the clients
+    targets = (sent_soft_labels(cfg, teacher, task.public_x, CPU) if source == "teacher"
                else ensemble_targets(cfg, run_dir, task))
     from common.data import load_dataset
 
@@ -55,7 +57,7 @@ def load_subject(run_dir: Path, source: str = "teacher") -> Subject:
                    else None,
                    vocab_texts=list(roles.public.texts) + list(roles.teacher.texts),
                    test_texts=list(roles.test.texts), test_y=task.test_y,
-                   temperature=cfg.temperature, model_config=teacher_config(cfg, task),
+                   temperature=cfg.temperature, model_config=config,
                    seed=cfg.seed)
 
 
@@ -70,11 +72,6 @@ def run_config(run_dir: Path) -> FedConfig:
         raise ConfigError(f"{run_dir} holds no teacher.pt: the run did not finish (the "
                           "coordinator writes it after the last round).")
     return FedConfig.from_mapping(load_toml(run_dir / "run_config.toml"))
-
-
-def _teacher_targets(cfg: FedConfig, teacher: torch.nn.Module,
-                     task: PreparedTask) -> torch.Tensor:
-    return soften(predict_logits(teacher, task.public_x, device=CPU), cfg.temperature)
 
 
 def ensemble_targets(cfg: FedConfig, run_dir: Path, task: PreparedTask) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The compression benchmark: ``fedistill compress`` on finished runs, and its page.
 
-    python -m bench.compress --run default=runs/default --run quick=runs/quick
+    python -m bench.compress --run default=runs/default --seeds 0,1,2
     python -m bench.compress --render      # the page again from the saved JSON
 
 writes ``bench/results/compression.json``, ``docs/COMPRESSION.md`` (the tables, target
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.pages import text
 from simulations.compress_cli import compress
-from simulations.compress_report import table, verdict_lines, verdicts
+from simulations.compress_report import seed_table, seed_verdicts, table, verdict_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "compression.json"
@@ -31,19 +31,24 @@ def _plot_name(name: str) -> str:
 
 
 def measure_runs(runs: dict[str, Path], args: argparse.Namespace) -> dict:
-    """Every run compressed (its kind's default recipes unless --recipe); plots copied
-    into docs/; the command line is kept with the numbers."""
+    """Every run compressed (its kind's default recipes unless --recipe), once per seed
+    of the students' training (entries ``NAME-sK``); plots copied into docs/; the command
+    line is kept with the numbers."""
     results = {}
     for name, run_dir in runs.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp)
-            compress(run_dir, out=out, recipe=args.recipe or None, source="teacher",
-                     threads=args.threads, reps=args.reps, epochs=args.epochs, test_limit=0)
-            results[name] = json.loads((out / "compression.json").read_text())
-            recipes = "".join(f" --recipe {r}" for r in args.recipe)
-            results[name]["command"] = (f"python -m bench.compress --run {name}={run_dir} "
-                                        f"--epochs {args.epochs}{recipes}")
-            shutil.copy(out / "pareto.png", ROOT / "docs" / _plot_name(name))
+        for seed in args.seeds:
+            entry = f"{name}-s{seed}"
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp)
+                compress(run_dir, out=out, recipe=args.recipe or None, source="teacher",
+                         threads=args.threads, reps=args.reps, epochs=args.epochs,
+                         validation=args.validation, seed=seed, test_limit=0)
+                results[entry] = json.loads((out / "compression.json").read_text())
+                recipes = "".join(f" --recipe {r}" for r in args.recipe)
+                results[entry]["command"] = (
+                    f"python -m bench.compress --run {name}={run_dir} --seeds {seed} "
+                    f"--epochs {args.epochs} --validation {args.validation}{recipes}")
+                shutil.copy(out / "pareto.png", ROOT / "docs" / _plot_name(entry))
     return results
 
 
@@ -55,38 +60,20 @@ def render(results: dict) -> str:
                  "plot": _plot_name(name), "row": {r["recipe"]: r for r in results[name]["rows"]}}
                 for name in names]
     ddp = json.loads(DDP.read_text()) if DDP.is_file() else None
-    return text("COMPRESSION.md.j2", sections=sections, ddp=ddp, summary=_summary(results),
-                student_gap=_student_gap(results))
-
-
-def _student_gap(results: dict, recipe: str = "student=3+vocab+positions") -> float | None:
-    """Accuracy points between the 1-epoch and the 2-epoch 3-layer student, if both ran."""
-    rows = [{r["recipe"]: r for r in results[n]["rows"]} for n in ("default", "default-e1")
-            if n in results]
-    if len(rows) < 2 or any(recipe not in r for r in rows):
-        return None
-    return 100 * (rows[1][recipe]["accuracy"] - rows[0][recipe]["accuracy"])
-
-
-def _summary(results: dict) -> list[dict]:
-    """Per target, every default-preset run and recipe that met it (or none)."""
-    out: list[dict] = []
-    for name, result in results.items():
-        if not name.startswith("default"):
-            continue
-        for i, v in enumerate(verdicts(result["rows"])):
-            while len(out) <= i:
-                out.append({"target": v["target"], "met": []})
-            if v["met"]:
-                out[i]["met"].append({"run": name, **v})
-    return out
+    default = [results[n]["rows"] for n in names if n.startswith("default-s")]
+    return text("COMPRESSION.md.j2", sections=sections, ddp=ddp,
+                seeds=seed_table(default), summary=seed_verdicts(default))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
     parser.add_argument("--render", action="store_true", help="Only re-render the page.")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="Most epochs per student.")
+    parser.add_argument("--validation", type=float, default=0.1,
+                        help="Share of the public texts held out to choose the epoch.")
+    parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")],
+                        default=[0], help="Students' seeds, e.g. 0,1,2 (one entry each).")
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--recipe", action="append", default=[], help="Instead of the "

@@ -36,7 +36,14 @@ def compress(
     threads: Annotated[int, typer.Option(help="CPU threads while timing.")] = 1,
     reps: Annotated[int, typer.Option(help="Timed calls at batch 1 (batch 32: reps/8).")]
         = 200,
-    epochs: Annotated[int, typer.Option(help="Distillation epochs on the public set.")] = 3,
+    epochs: Annotated[int, typer.Option(
+        help="Most distillation epochs on the public set; the one kept is chosen on a "
+             "held-out part of it.")] = 3,
+    validation: Annotated[float, typer.Option(
+        help="Share of the public texts held out to choose the epoch.")] = 0.1,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the students' held-out split and shuffles (default: the run's).")]
+        = None,
     test_limit: Annotated[int, typer.Option(help="Measure on the first N test texts "
                                                  "(0 = all).")] = 0,
 ) -> None:
@@ -48,7 +55,8 @@ def compress(
         recipes=tuple(recipe or ()), test_limit=test_limit,
         latency=LatencySettings(reps_batch1=reps, reps_batch32=max(reps // 8, 3),
                                 threads=threads),
-        distil=DistilSettings(epochs=epochs, seed=cfg.seed))
+        distil=DistilSettings(epochs=epochs, validation=validation,
+                              seed=cfg.seed if seed is None else seed))
     subject = load_subject(run_dir, source)
     rows = run_recipes(subject, config, progress=lambda r: console.print(f"· {r}"))
     result = {"run_dir": str(run_dir), "source": source, "teacher_family": cfg.teacher_family,
@@ -64,6 +72,7 @@ def settings_record(config: CompressConfig) -> dict[str, Any]:
     return {"threads": config.latency.threads, "reps_batch1": config.latency.reps_batch1,
             "reps_batch32": config.latency.reps_batch32, "warmup": config.latency.warmup,
             "distil_epochs": config.distil.epochs, "distil_lr": config.distil.lr,
+            "distil_validation": config.distil.validation, "distil_seed": config.distil.seed,
             "test_limit": config.test_limit, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -52,6 +52,55 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def seed_ratios(runs: list[list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """Per recipe measured in every run (one run per students' seed, each against its own
+    first row): the ratios of each run, in run order."""
+    common = [r["recipe"] for r in runs[0][1:]
+              if all(any(x["recipe"] == r["recipe"] for x in rows) for rows in runs)] \
+        if runs else []
+    out: dict[str, dict[str, list[float]]] = {}
+    for recipe in common:
+        per = [ratios(rows[0], next(x for x in rows if x["recipe"] == recipe))
+               for rows in runs]
+        out[recipe] = {k: [p[k] for p in per] for k in ("smaller", "faster", "points")}
+    return out
+
+
+def seed_verdicts(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target judged on the mean over the seeds (size, speed and points alike), the
+    best recipe that meets it, else the closest and its gap."""
+    from common.metrics import mean_interval
+
+    means = {recipe: {k: sum(v) / len(v) for k, v in r.items()}
+             for recipe, r in seed_ratios(runs).items()}
+    out = []
+    for target in TARGETS if means else ():
+        gap, _, recipe = min((_shortfall(target, m), -m["smaller"], recipe)
+                             for recipe, m in means.items())
+        _, low, high = mean_interval(seed_ratios(runs)[recipe]["points"])
+        out.append({"target": target.name, "met": gap == 0, "recipe": recipe,
+                    "seeds": len(runs), **means[recipe], "points_low": low,
+                    "points_high": high})
+    return out
+
+
+def seed_table(runs: list[list[dict[str, Any]]]) -> list[str]:
+    """Mean over the seeds per recipe: ratios, points lost with the 95% interval, and
+    each seed's points."""
+    from common.metrics import mean_interval
+
+    lines = ["| recipe | seeds | x smaller | x faster b1 (min–max) | points lost, mean "
+             "[95% interval] | per seed |", "|---|---|---|---|---|---|"]
+    for recipe, r in seed_ratios(runs).items():
+        mean, low, high = mean_interval(r["points"])
+        lines.append(f"| `{recipe}` | {len(r['points'])} | "
+                     f"{sum(r['smaller']) / len(runs):.1f} | "
+                     f"{sum(r['faster']) / len(runs):.2f} ({min(r['faster']):.2f}–"
+                     f"{max(r['faster']):.2f}) | {mean:+.2f} [{low:+.2f}, {high:+.2f}] | "
+                     + ", ".join(f"{p:+.2f}" for p in r["points"]) + " |")
+    return lines
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "—"

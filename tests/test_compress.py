@@ -161,3 +161,32 @@ def test_length_buckets_cover_every_text_once_in_similar_lengths():
     assert sorted(torch.cat(batches).tolist()) == list(range(1000))
     spread = sum(float(lengths[b].max() - lengths[b].min()) for b in batches) / len(batches)
     assert spread < 60  # random batches of 32 would span nearly the whole 1..200
+
+
+def test_the_held_out_public_texts_are_disjoint_from_the_training_ones():
+    from common.compress.student import DistilSettings, split_public
+
+    train, held = split_public(1000, DistilSettings(validation=0.1, seed=3))
+    assert len(held) == 100 and not set(train.tolist()) & set(held.tolist())
+    assert sorted(train.tolist() + held.tolist()) == list(range(1000))
+    with pytest.raises(ConfigError, match="validation share"):
+        DistilSettings(validation=0.0)
+
+
+def test_the_epoch_kept_is_the_best_on_the_held_out_texts_not_the_last():
+    """Epoch k sets the weight to k; the held-out agreement peaks at epoch 2 of 4, so the
+    student keeps epoch 2's weights."""
+    from common.compress.student import DistilSettings, keep_best_epoch
+
+    model = nn.Linear(1, 1, bias=False)
+    scores = iter([0.70, 0.90, 0.80, 0.85])
+
+    def train_epoch(epoch: int) -> None:
+        with torch.no_grad():
+            model.weight.fill_(epoch + 1)
+
+    done = keep_best_epoch(model, DistilSettings(epochs=4), train_epoch,
+                           lambda: next(scores), held_out=10)
+    assert done.epoch == 2 and float(model.weight) == 2.0
+    assert done.agreement == (0.70, 0.90, 0.80, 0.85)
+    assert "epoch 2 of 4 kept" in done.note() and "10 held-out public texts" in done.note()

@@ -21,6 +21,7 @@ from common.compress.measure import LatencySettings, measure
 from common.compress.prune import magnitude_prune, prune_ffn, prune_heads, sparsity
 from common.compress.quantize import half, int8_embeddings, int8_linear
 from common.compress.student import (
+    Distilled,
     DistilSettings,
     distil_pretrained,
     distil_scratch,
@@ -110,7 +111,9 @@ def _apply(subject: Subject, model: nn.Module, step: tuple[str, float | None],
         return model
     if name == "vocab":
         return _vocab(subject, model, notes)
-    return _student(subject, model, int(value), settings)
+    distilled = _student(subject, model, int(value), settings)
+    notes.append(distilled.note())
+    return distilled.model
 
 
 def _vocab(subject: Subject, model: ProbeOnEncoder, notes: list[str]) -> nn.Module:
@@ -128,7 +131,7 @@ def _vocab(subject: Subject, model: ProbeOnEncoder, notes: list[str]) -> nn.Modu
 
 
 def _student(subject: Subject, model: nn.Module, layers: int,
-             settings: DistilSettings) -> nn.Module:
+             settings: DistilSettings) -> Distilled:
     if isinstance(model, ProbeOnEncoder):
         student = truncated_encoder(model, layers)
         return distil_pretrained(student, subject.model.tokenize, subject.public_texts,
@@ -139,21 +142,25 @@ def _student(subject: Subject, model: nn.Module, layers: int,
                           subject.temperature, settings)
 
 
+Trained = dict[tuple, tuple[nn.Module, list[str]]]  # a student recipe prefix -> (model, notes)
+
+
 def build_recipe(subject: Subject, recipe: str, settings: DistilSettings,
-                 trained: dict[tuple, nn.Module]) -> tuple[nn.Module, list[str]]:
+                 trained: Trained) -> tuple[nn.Module, list[str]]:
     """The teacher with ``recipe``'s steps applied, and notes on what they did."""
     steps = parse_recipe(recipe, subject.model.kind)
     notes: list[str] = []
     model, start = subject.model.module, 0
     for n in range(len(steps), 0, -1):  # the longest prefix already trained
         if tuple(steps[:n]) in trained:
-            model, start = trained[tuple(steps[:n])], n
+            (model, done), start = trained[tuple(steps[:n])], n
+            notes.extend(done)
             break
     model = copy.deepcopy(model)
     for n in range(start, len(steps)):
         model = _apply(subject, model, steps[n], settings, notes)
         if steps[n][0] == "student":
-            trained[tuple(steps[:n + 1])] = copy.deepcopy(model)
+            trained[tuple(steps[:n + 1])] = (copy.deepcopy(model), list(notes))
     return model.eval(), notes
 
 
@@ -166,7 +173,7 @@ def run_recipes(subject: Subject, config: CompressConfig,
     texts, labels = subject.test_texts, subject.test_y
     if config.test_limit:
         texts, labels = texts[:config.test_limit], labels[:config.test_limit]
-    trained: dict[tuple, nn.Module] = {}
+    trained: Trained = {}
     rows = []
     for recipe in recipes:
         progress(recipe)

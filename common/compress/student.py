@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,19 +25,72 @@ from common.compress.text_model import ProbeOnEncoder
 from common.distill.losses import kd_loss
 from common.errors import ConfigError
 from common.models import ModelConfig, build_model
-from common.training import distill
+from common.training import distill, predict_logits
 
 
 @dataclass(frozen=True)
 class DistilSettings:
-    """How a student learns: epochs and step size on the public set, and the weight of
-    the feature (cosine) term next to the soft-label term."""
+    """How a student learns: at most ``epochs`` passes over the public set at step size
+    ``lr``, the weight of the feature (cosine) term next to the soft-label term, and the
+    share of the public texts held out to choose the epoch that is kept."""
 
     epochs: int = 3
     lr: float = 1e-4
     batch_size: int = 32
     feature_weight: float = 1.0
     seed: int = 0
+    validation: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"distillation epochs must be at least 1, not {self.epochs}.")
+        if not 0 < self.validation < 0.5:
+            raise ConfigError(f"validation share {self.validation} must lie in (0, 0.5).")
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """A trained student and how its epoch was chosen."""
+
+    model: nn.Module
+    agreement: tuple[float, ...]  # per epoch, with the targets on the held-out texts
+    held_out: int
+
+    @property
+    def epoch(self) -> int:
+        """The kept epoch (1-based): the first with the best held-out agreement."""
+        return self.agreement.index(max(self.agreement)) + 1
+
+    def note(self) -> str:
+        scores = ", ".join(f"{a:.3f}" for a in self.agreement)
+        return (f"epoch {self.epoch} of {len(self.agreement)} kept: agreement with the "
+                f"teacher on {self.held_out} held-out public texts by epoch {scores}")
+
+
+def split_public(n: int, settings: DistilSettings) -> tuple[Tensor, Tensor]:
+    """Indices to train on and to hold out: the epoch is chosen on public texts the
+    student never trained on, so the test set never steers its training."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))
+    held = max(1, round(n * settings.validation))
+    return order[held:], order[:held]
+
+
+def keep_best_epoch(model: nn.Module, settings: DistilSettings,
+                    train_epoch: Callable[[int], None],
+                    agreement: Callable[[], float], held_out: int) -> Distilled:
+    """Train up to ``settings.epochs`` epochs; keep the weights of the epoch whose
+    predictions agree best with the targets on the held-out public texts."""
+    scores: list[float] = []
+    best = None
+    for epoch in range(settings.epochs):
+        model.train()
+        train_epoch(epoch)
+        model.eval()
+        scores.append(agreement())
+        if scores[-1] == max(scores):
+            best = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best)
+    return Distilled(model.eval(), tuple(scores), held_out)
 
 
 def truncated_encoder(model: ProbeOnEncoder, layers: int) -> ProbeOnEncoder:
@@ -62,27 +115,38 @@ def scratch_student(teacher: nn.Module, config: ModelConfig, layers: int) -> nn.
 
 
 def distil_scratch(student: nn.Module, public_ids: Tensor, targets: Tensor,
-                   temperature: float, settings: DistilSettings) -> nn.Module:
-    distill(student, public_ids, targets, temperature=temperature, epochs=settings.epochs,
-            lr=settings.lr, batch_size=settings.batch_size, device=torch.device("cpu"),
-            seed=settings.seed)
-    return student.eval()
+                   temperature: float, settings: DistilSettings) -> Distilled:
+    train, held = split_public(len(public_ids), settings)
+
+    def train_epoch(epoch: int) -> None:
+        # one epoch per call, each with its own shuffle; AdamW restarts each epoch
+        distill(student, public_ids[train], targets[train], temperature=temperature,
+                epochs=1, lr=settings.lr, batch_size=settings.batch_size,
+                device=torch.device("cpu"), seed=settings.seed + epoch)
+
+    def agreement() -> float:
+        logits = predict_logits(student, public_ids[held], device=torch.device("cpu"))
+        return _agreement(logits, targets[held])
+
+    return keep_best_epoch(student, settings, train_epoch, agreement, len(held))
 
 
 def distil_pretrained(student: ProbeOnEncoder, tokenize, texts: Sequence[str],
                       targets: Tensor, features: Tensor, temperature: float,
-                      settings: DistilSettings) -> ProbeOnEncoder:
+                      settings: DistilSettings) -> Distilled:
     """Match the teacher's soft labels (KD at ``temperature``) and pooled features on the
     public texts. The word-embedding table stays frozen: half the weights, and rows of
     tokens the public set never shows would only drift."""
-    student.train()
     student.encoder.get_input_embeddings().requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(settings.seed)
-    lengths = torch.tensor([len(t) for t in texts])
-    for _ in range(settings.epochs):
-        for idx in _length_buckets(lengths, settings.batch_size, gen):
+    train, held = split_public(len(texts), settings)
+    lengths = torch.tensor([len(texts[i]) for i in train])
+
+    def train_epoch(_: int) -> None:
+        for batch in _length_buckets(lengths, settings.batch_size, gen):
+            idx = train[batch]
             pooled = student.features(tokenize([texts[i] for i in idx]))
             loss = kd_loss(student.probe(pooled), targets[idx], temperature)
             cosine = nn.functional.cosine_similarity(pooled, features[idx], dim=-1)
@@ -91,7 +155,19 @@ def distil_pretrained(student: ProbeOnEncoder, tokenize, texts: Sequence[str],
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-    return student.eval()
+
+    @torch.inference_mode()
+    def agreement() -> float:
+        logits = torch.cat([student(tokenize([texts[i] for i in chunk]))
+                            for chunk in held.split(256)])
+        return _agreement(logits, targets[held])
+
+    return keep_best_epoch(student, settings, train_epoch, agreement, len(held))
+
+
+def _agreement(logits: Tensor, targets: Tensor) -> float:
+    """Share of examples where the student's class is the targets' most likely class."""
+    return float((logits.argmax(-1) == targets.argmax(-1)).float().mean())
 
 
 def _length_buckets(lengths: Tensor, batch_size: int, gen: torch.Generator) -> list[Tensor]:

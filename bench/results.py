@@ -238,18 +238,25 @@ def stability_section(path: Path) -> list[str]:
 
 
 def reference_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """TF-IDF + logistic regression on the same splits (simulations/reference.py)."""
+    """TF-IDF (images: raw pixels) + logistic regression on the same splits
+    (simulations/reference.py)."""
     from common.config import FedConfig
-    from simulations.reference import tfidf_reference
+    from common.data import dataset_entry
+    from simulations.reference import pixel_reference, tfidf_reference
 
     seeds = sorted({r["seed"] for r in rows})
     if not seeds:
         return []
-    refs = [tfidf_reference(FedConfig(dataset=rows[0]["dataset"], seed=seed), pooled=True)
+    images = dataset_entry(rows[0]["dataset"]).task == "image"
+    reference, key, what = ((pixel_reference, "pixel_lr", "**Logistic regression on raw "
+                             "pixels**") if images else
+                            (tfidf_reference, "tfidf_lr", "**TF-IDF + logistic regression** "
+                             "(word 1–2 grams, C = 10)"))
+    refs = [reference(FedConfig(dataset=rows[0]["dataset"], seed=seed), pooled=True)
             for seed in seeds]
-    teacher = mean_interval([r["tfidf_lr_teacher_labels"] for r in refs])
-    pooled = mean_interval([r["tfidf_lr_all_labels"] for r in refs])
-    return [f"**TF-IDF + logistic regression** (word 1–2 grams, C = 10) on the same splits, "
+    teacher = mean_interval([r[f"{key}_teacher_labels"] for r in refs])
+    pooled = mean_interval([r[f"{key}_all_labels"] for r in refs])
+    return [f"{what} on the same splits, "
             f"seeds {', '.join(map(str, seeds))}: on the teacher's "
             f"{refs[0]['teacher_labels']} labels {_fmt(teacher[0])}; on the teacher's and "
             f"every private label pooled, without DP, {_fmt(pooled[0])}.", ""]

@@ -43,7 +43,7 @@ def test_the_federation_learns_digits_well_above_chance(images_run: Path) -> Non
     final = summary["final"]
     assert final["teacher_accuracy"] > 5 * CHANCE, final
     assert final["ensemble_accuracy"] > 5 * CHANCE, final
-    assert final["student_accuracy_mean"] is None  # SecAgg+ hides each student's reply
+    assert final["student_accuracy_mean"] > 5 * CHANCE, final  # each reports its own
     assert summary["reference"]["teacher_labels"] == 180
     assert 0.5 < summary["reference"]["pixel_lr_teacher_labels"] <= 1.0
 

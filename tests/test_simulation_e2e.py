@@ -8,12 +8,12 @@ summary has the documented fields, every ledger verifies and stays within its bu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import simulate_or_fail
 
 from common.privacy.ledger import PrivacyLedger
 
@@ -23,17 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("quick") / "run"
-    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "quick",
-           "--out", str(out)]
-    env = os.environ.copy()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        flower_log = out / "flower.log"
-        tail = flower_log.read_text()[-4000:] if flower_log.exists() else ""
-        pytest.fail(f"simulate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}\n--- flower.log ---\n{tail}")
-    return out
+    return simulate_or_fail(tmp_path_factory.mktemp("quick") / "run", "--preset", "quick")
 
 
 def test_summary_has_documented_fields(quick_run: Path) -> None:

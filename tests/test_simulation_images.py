@@ -8,33 +8,22 @@ budget as text. One run (module-scoped, a few minutes on 2 cores) is shared by t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import simulate_or_fail
 
 from common.privacy.ledger import PrivacyLedger
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 CHANCE = 0.1  # ten digit classes, stratified test set
 
 
 @pytest.fixture(scope="module")
 def images_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("images") / "run"
-    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", "--preset", "images",
-           "--set", "rounds=2", "--set", "secure-aggregation=true", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), capture_output=True,
-                          text=True, timeout=900)
-    if proc.returncode != 0:
-        flower_log = out / "flower.log"
-        tail = flower_log.read_text()[-4000:] if flower_log.exists() else ""
-        pytest.fail(f"simulate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}\n--- flower.log ---\n{tail}")
-    return out
+    return simulate_or_fail(out, "--preset", "images", "--set", "rounds=2",
+                            "--set", "secure-aggregation=true")
 
 
 def test_the_federation_learns_digits_well_above_chance(images_run: Path) -> None:

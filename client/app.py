@@ -174,7 +174,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     public_x = task.public_x[rows]
     distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
-            seed=cfg.seed + plan.round)
+            seed=cfg.seed + plan.round, loss_fn=task.kind.knowledge.loss)
 
     # (a, c, d) private training under DP, within the node's budget
     x_priv, y_priv = _private_data(cfg, node, task)

@@ -175,7 +175,7 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
     that cannot read the task's inputs, or a rule that cannot aggregate its knowledge,
     fails here, naming the choices.
     """
-    _check_fits(cfg, task.kind, family)
+    check_fits(cfg, task, family)
     if not cfg.backbone:
         return task
     from common.models.pretrained import resolve_backbone
@@ -194,7 +194,9 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
                                test_x=test)
 
 
-def _check_fits(cfg: FedConfig, kind: TaskKind, family: str) -> None:
+def check_fits(cfg: FedConfig, task: PreparedTask, family: str) -> None:
+    """Fail, naming the choices, where ``family`` or the aggregation does not fit ``task``."""
+    kind = task.kind
     if family not in kind.inputs.families:
         raise ConfigError(f"family {family!r} does not read {kind.inputs.name}, the inputs "
                           f"of dataset={cfg.dataset!r} ({kind.name}): use one of "

@@ -76,7 +76,7 @@ def _write_node_secrets(out: Path, secrets: dict[str, bytes]) -> None:
 
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
-    from common.task import prepare_features, prepare_task
+    from common.task import check_fits, prepare_features, prepare_task
     from simulations.reference import pixel_reference, tfidf_reference
     from simulations.report import finalize_summary, plot_run, read_metrics
     from simulations.runner import run_simulation
@@ -85,6 +85,8 @@ def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) 
     # then fails in seconds, before Flower starts, naming the value. The backbone's
     # features are computed here once, not by every simulated client at the same time.
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    for family in (cfg.teacher_family, *cfg.student_families):
+        check_fits(cfg, task, family)
     if cfg.backbone:
         with console.status(f"encoding the dataset with backbone {cfg.backbone} (once; "
                             "cached for later runs)..."):

@@ -265,13 +265,13 @@ def reference_lines(rows: list[dict[str, Any]]) -> list[str]:
     """TF-IDF (images: raw pixels) + logistic regression on the same splits
     (simulations/reference.py)."""
     from common.config import FedConfig
-    from common.data import dataset_entry
+    from common.data import load_dataset
     from simulations.reference import pixel_reference, tfidf_reference
 
     seeds = sorted({r["seed"] for r in rows})
     if not seeds:
         return []
-    images = dataset_entry(rows[0]["dataset"]).task == "image"
+    images = load_dataset(rows[0]["dataset"], seed=seeds[0]).task == "image"  # or a path
     reference, key, what = ((pixel_reference, "pixel_lr", "**Logistic regression on raw "
                              "pixels**") if images else
                             (tfidf_reference, "tfidf_lr", "**TF-IDF + logistic regression** "

@@ -188,7 +188,7 @@ def image_targets_table(preset: str, rows: list[dict[str, Any]]) -> list[str]:
             mean = float(np.mean(values))
             lines.append(f"| {what} at ε = {budget:g} ≥ {goal} | {_interval(values)} | "
                          f"{_met(mean >= goal, mean - goal)} |")
-    return lines + [""]
+    return lines + ["", *page_lines(f"RESULTS/{preset}_note.md")]
 
 
 def _versus_dp_fedavg(rows: list[dict[str, Any]]) -> list[str]:

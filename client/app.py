@@ -34,10 +34,9 @@ from client.private_data import load_private_dir
 from client.state import ClientState
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import decode_knowledge, encode_knowledge
+from common.distill.codec import encode_knowledge
 from common.distill.losses import soften
 from common.errors import KnowledgeError, PolicyRefusal
-from common.metrics import accuracy
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import check_budget
 from common.privacy.planner import (
@@ -170,12 +169,12 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
 
     # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
     rows = torch.as_tensor(indices, dtype=torch.long)
-    teacher = decode_knowledge(knowledge, cfg.encoding, num_rows=len(rows),
-                               num_classes=task.num_classes)
+    teacher = task.kind.knowledge.decode(knowledge, cfg.encoding, num_rows=len(rows),
+                                         num_classes=task.num_classes)
     public_x = task.public_x[rows]
     distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
-            seed=cfg.seed + plan.round)
+            seed=cfg.seed + plan.round, loss_fn=task.kind.knowledge.loss)
 
     # (a, c, d) private training under DP, within the node's budget
     x_priv, y_priv = _private_data(cfg, node, task)
@@ -188,7 +187,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     test_probs, test_accuracy = None, None
     if plan.evaluate:
         test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
-        test_accuracy = accuracy(task.test_y.numpy(), test_probs)
+        test_accuracy = task.kind.knowledge.metric(task.test_y.numpy(), test_probs)
     head, records = state.ledger.head()
     return RoundResult(
         round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,

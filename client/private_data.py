@@ -42,6 +42,9 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     a pretrained encoder's features, cached in the node's own folder, or its token ids),
     by default the federation tokenizer's token ids (N, max_len).
     """
+    if not task.tokenizer_json:  # the files hold texts for the federation tokenizer
+        raise DataError(f"data-dir {directory}: dataset={dataset!r} is an image task; a "
+                        "node's own files are read for text classification only.")
     names = _class_names(dataset, seed)
     split = load_text_classification_dir(directory, class_names=names or None)
     if len(split) == 0 or split.texts is None or split.labels is None:

@@ -18,7 +18,9 @@ from typing import Any
 
 from common.errors import ConfigError
 
-STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp", "encoder")
+# text families read token ids (or a backbone's features); vit and image-cnn read images
+STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp", "encoder", "vit",
+                    "image-cnn")
 TEACHER_FAMILIES = STUDENT_FAMILIES
 # heads on a frozen pretrained encoder's cached features (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
@@ -52,6 +54,7 @@ class FedConfig:
     vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
     backbone: str = ""  # a frozen pretrained encoder for the probe families: minilm,
     #                     hf:HUB_NAME or hf:LOCAL_DIR ('' = every model from scratch)
+    patch_size: int = 0  # vit on images: square patch side (0 = a 4x4 grid of patches)
     # --- rounds
     rounds: int = 5
     clients_per_round: int = 0  # 0 = every client, every round
@@ -160,6 +163,9 @@ class FedConfig:
         if not 0 <= self.filter_min_entropy < float("inf"):
             raise ConfigError(f"filter-min-entropy={self.filter_min_entropy} must be a finite "
                               "number >= 0 (0 = off).")
+        if self.patch_size < 0:
+            raise ConfigError(f"patch-size={self.patch_size} must be >= 0 (0 = a quarter "
+                              "of the image side).")
         if self.noise_multiplier < 0:
             raise ConfigError(f"noise-multiplier={self.noise_multiplier} must be >= 0 "
                               "(0 = calibrate from the budget).")

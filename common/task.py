@@ -1,10 +1,12 @@
-"""The prepared text-classification task that every party rebuilds identically.
+"""The prepared task that every party rebuilds identically.
 
-The coordinator and every client load the same dataset roles, train the same WordPiece
-tokenizer on the *non-private* texts (public pool + teacher set), and encode everything
-to token ids. Messages then carry only indices into the public set; the coordinator sends
-the tokenizer's fingerprint so a client with a different vocabulary refuses to go on.
-Private texts never reach the tokenizer: its vocabulary would otherwise leak them.
+The coordinator and every client load the same dataset roles and encode every role as
+the inputs of its task's kind (common/task_kinds.py). For text classification they train
+the same WordPiece tokenizer on the *non-private* texts (public pool + teacher set) and
+encode everything to token ids; private texts never reach the tokenizer, whose vocabulary
+would otherwise leak them. Images are used as they are. Messages then carry only indices
+into the public set; the coordinator sends a fingerprint (the tokenizer's, or the public
+images') so a client that loaded something else refuses to go on.
 """
 
 from __future__ import annotations
@@ -23,28 +25,24 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from common.config import FEATURE_FAMILIES, FedConfig
-from common.data import (
-    encode_batch,
-    load_dataset,
-    partition,
-    tokenizer_fingerprint,
-    train_tokenizer,
-)
-from common.errors import DataError
+from common.data import encode_batch, load_dataset, partition
+from common.errors import ConfigError, DataError
 from common.models import ModelConfig
+from common.task_kinds import TaskKind, task_kind
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PreparedTask:
-    """Token ids of every role, plus what the parties must agree on."""
+    """Every role as model inputs (token ids or images), plus what the parties must
+    agree on."""
 
     dataset: str
     num_classes: int
-    vocab_size: int
+    vocab_size: int  # 0 without a tokenizer (images)
     fingerprint: str
-    tokenizer_json: str
+    tokenizer_json: str  # "" without a tokenizer
     private_x: Tensor
     private_y: Tensor
     private_groups: np.ndarray | None
@@ -56,22 +54,20 @@ class PreparedTask:
     # the coordinator's held-out share of its own labels (teacher-validation), if any
     valid_x: Tensor | None = None
     valid_y: Tensor | None = None
+    task: str = "classification"  # the dataset's task: its kind (common/task_kinds.py)
+
+    @property
+    def kind(self) -> TaskKind:
+        return task_kind(self.task, self.dataset)
 
 
 @functools.lru_cache(maxsize=4)
 def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> PreparedTask:
-    """Load, tokenize and encode ``dataset`` (cached per process: Ray actors reuse it)."""
+    """Load and encode ``dataset`` as its task's inputs (cached per process: Ray actors
+    reuse it); ``vocab_size`` and ``max_len`` shape token ids only."""
     roles = load_dataset(dataset, seed=seed)
-    if roles.task != "classification":
-        raise DataError(
-            f"dataset={dataset!r} is a {roles.task!r} dataset; federated distillation of "
-            "soft labels needs a text-classification dataset (for example rotten-tomatoes)."
-        )
-    corpus = list(roles.public.texts) + list(roles.teacher.texts)
-    tok = train_tokenizer(corpus, kind="wordpiece", vocab_size=vocab_size)
-
-    def enc(texts: tuple[str, ...]) -> Tensor:
-        return encode_batch(tok, list(texts), max_len)
+    kind = task_kind(roles.task, dataset)
+    encoded = kind.inputs.prepare(roles, vocab_size, max_len)
 
     def labels(y: np.ndarray | None, role: str) -> Tensor:
         if y is None:
@@ -81,17 +77,18 @@ def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> Prep
     return PreparedTask(
         dataset=dataset,
         num_classes=roles.num_classes,
-        vocab_size=tok.get_vocab_size(),
-        fingerprint=tokenizer_fingerprint(tok),
-        tokenizer_json=tok.to_str(),
-        private_x=enc(roles.private.texts),
+        vocab_size=encoded.vocab_size,
+        fingerprint=encoded.fingerprint,
+        tokenizer_json=encoded.tokenizer_json,
+        private_x=encoded.encode(roles.private),
         private_y=labels(roles.private.labels, "private"),
         private_groups=roles.private.groups,
-        public_x=enc(roles.public.texts),
-        teacher_x=enc(roles.teacher.texts),
+        public_x=encoded.encode(roles.public),
+        teacher_x=encoded.encode(roles.teacher),
         teacher_y=labels(roles.teacher.labels, "teacher"),
-        test_x=enc(roles.test.texts),
+        test_x=encoded.encode(roles.test),
         test_y=labels(roles.test.labels, "test"),
+        task=kind.name,
     )
 
 
@@ -174,8 +171,11 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
     token ids for the encoder, else the project tokenizer's token ids.
 
     With a backbone the fingerprint both sides check covers its weights too, so a node
-    with another checkpoint refuses the round like one with another tokenizer.
+    with another checkpoint refuses the round like one with another tokenizer. A family
+    that cannot read the task's inputs, or a rule that cannot aggregate its knowledge,
+    fails here, naming the choices.
     """
+    check_fits(cfg, task, family)
     if not cfg.backbone:
         return task
     from common.models.pretrained import resolve_backbone
@@ -194,13 +194,28 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
                                test_x=test)
 
 
+def check_fits(cfg: FedConfig, task: PreparedTask, family: str) -> None:
+    """Fail, naming the choices, where ``family`` or the aggregation does not fit ``task``."""
+    kind = task.kind
+    if family not in kind.inputs.families:
+        raise ConfigError(f"family {family!r} does not read {kind.inputs.name}, the inputs "
+                          f"of dataset={cfg.dataset!r} ({kind.name}): use one of "
+                          f"{', '.join(kind.inputs.families)}.")
+    if cfg.aggregation not in kind.knowledge.aggregations:
+        raise ConfigError(f"aggregation={cfg.aggregation!r} does not apply to "
+                          f"{kind.knowledge.name}: use one of "
+                          f"{', '.join(kind.knowledge.aggregations)}.")
+
+
 def model_config(cfg: FedConfig, task: PreparedTask, family: str, size: str) -> ModelConfig:
     """The ModelConfig of a ``family`` model on ``task`` (as :func:`task_for` shaped it)."""
     return ModelConfig(family=family, size=size, vocab_size=task.vocab_size,
                        num_classes=task.num_classes, max_len=cfg.max_len,
-                       feature_dim=feature_dim(task), backbone=cfg.backbone)
+                       feature_dim=feature_dim(task), backbone=cfg.backbone,
+                       **task.kind.inputs.model_fields(task.public_x, cfg.patch_size))
 
 
 def feature_dim(task: PreparedTask) -> int:
     """The width of the features a probe reads (0 when the task holds token ids)."""
-    return int(task.public_x.shape[1]) if task.public_x.is_floating_point() else 0
+    features = task.public_x.is_floating_point() and task.public_x.dim() == 2  # not images
+    return int(task.public_x.shape[1]) if features else 0

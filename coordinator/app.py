@@ -22,9 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import decode_knowledge, encode_knowledge, payload_nbytes
+from common.distill.codec import decode_knowledge, payload_nbytes
 from common.errors import FedistillError, KnowledgeError
-from common.metrics import accuracy
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
 from common.task import PreparedTask
@@ -78,7 +77,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     task = teacher_task(cfg)
-    (out / "tokenizer.json").write_text(task.tokenizer_json)
+    if task.tokenizer_json:  # images have none
+        (out / "tokenizer.json").write_text(task.tokenizer_json)
     rng, np_rng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
 
     # --- teacher: resume from our own checkpoint, load a given one, or pre-train
@@ -195,7 +195,7 @@ def _run_round(
     indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
     public_x = task.public_x[torch.as_tensor(indices)]
     teacher_probs = sent_soft_labels(cfg, teacher, public_x, device)
-    knowledge = encode_knowledge(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
+    knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
 
@@ -269,9 +269,9 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
     test_aggregate = None
     if plan.evaluate and valid:
         test_aggregate = aggregator_from_config(cfg)([r.test_probs for r in valid], counts)
-    y = task.test_y.numpy()
+    y, metric = task.test_y.numpy(), task.kind.knowledge.metric
     clients = [ClientOutcome(r.node_id, r.meta,
-                             None if r.test_probs is None else accuracy(y, r.test_probs))
+                             None if r.test_probs is None else metric(y, r.test_probs))
                for r in valid]
     return RoundOutcome(aggregate, test_aggregate, clients,
                         [{"node_id": r.node_id, "reason": r.reason} for r in rejected],
@@ -359,7 +359,8 @@ def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcom
     per_client = {c.client_id: c.test_accuracy for c in outcome.clients
                   if c.test_accuracy is not None}
     if outcome.test_aggregate is not None:
-        record["ensemble_accuracy"] = accuracy(task.test_y.numpy(), outcome.test_aggregate)
+        record["ensemble_accuracy"] = task.kind.knowledge.metric(task.test_y.numpy(),
+                                                                 outcome.test_aggregate)
     record["student_accuracy"] = per_client
     record["student_accuracy_mean"] = (float(np.mean(list(per_client.values())))
                                        if per_client else None)

@@ -130,7 +130,7 @@ def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     else:
         distill(teacher, public_x, target, temperature=cfg.temperature,
                 epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
-                seed=cfg.seed + rnd)
+                seed=cfg.seed + rnd, loss_fn=task.kind.knowledge.loss)
     # Anchor on the labeled teacher set so the teacher does not drift towards the
     # students' mistakes (its labels are the coordinator's own, not private).
     train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,

@@ -1,4 +1,5 @@
-"""The simple thing to beat: TF-IDF + logistic regression on the teacher's labels.
+"""The simple thing to beat: TF-IDF (or, for images, pixel) + logistic regression on the
+teacher's labels.
 
 ``fedistill simulate`` reports it beside the federation, on the same teacher labels and
 the same test set, so a user who brings a dataset sees at once whether the federation
@@ -34,6 +35,28 @@ def tfidf_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
                                  np.asarray(roles.private.labels)])
         out["tfidf_lr_all_labels"] = _fit_and_score(texts, labels, roles.test)
     return out
+
+
+def pixel_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
+    """Test accuracy of logistic regression on raw pixels of the teacher's images
+    (``pooled``: with the private labels too, without DP, as :func:`tfidf_reference`)."""
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    splits = (roles.teacher, roles.private) if pooled else (roles.teacher,)
+    out = {"pixel_lr_teacher_labels": _fit_pixels(splits[:1], roles.test),
+           "teacher_labels": len(roles.teacher)}
+    if pooled:
+        out["pixel_lr_all_labels"] = _fit_pixels(splits, roles.test)
+    return out
+
+
+def _fit_pixels(splits: tuple[Any, ...], test: Any) -> float:
+    def flat(split: Any) -> np.ndarray:
+        return np.asarray(split.features).reshape(len(split), -1)
+
+    model = LogisticRegression(max_iter=3000).fit(
+        np.concatenate([flat(s) for s in splits]),
+        np.concatenate([np.asarray(s.labels) for s in splits]))
+    return float(model.score(flat(test), np.asarray(test.labels)))
 
 
 def _fit_and_score(texts: Any, labels: Any, test: Any) -> float:

@@ -65,9 +65,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
     ]:
         table.add_row(label, _fmt(value))
     reference = summary.get("reference")
-    if reference:
-        table.add_row(f"TF-IDF + LR on the teacher's {reference['teacher_labels']} labels",
-                      _fmt(reference["tfidf_lr_teacher_labels"]))
+    for key, model in (("tfidf_lr_teacher_labels", "TF-IDF + LR"),
+                       ("pixel_lr_teacher_labels", "pixel LR")):
+        if reference and key in reference:
+            table.add_row(f"{model} on the teacher's {reference['teacher_labels']} labels",
+                          _fmt(reference[key]))
     return table
 
 

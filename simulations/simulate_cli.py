@@ -76,15 +76,17 @@ def _write_node_secrets(out: Path, secrets: dict[str, bytes]) -> None:
 
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
-    from common.task import prepare_features, prepare_task
-    from simulations.reference import tfidf_reference
+    from common.task import check_fits, prepare_features, prepare_task
+    from simulations.reference import pixel_reference, tfidf_reference
     from simulations.report import finalize_summary, plot_run, read_metrics
     from simulations.runner import run_simulation
 
     # Load the data and build the tokenizer here first: an unknown or unusable dataset
     # then fails in seconds, before Flower starts, naming the value. The backbone's
     # features are computed here once, not by every simulated client at the same time.
-    prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    for family in (cfg.teacher_family, *cfg.student_families):
+        check_fits(cfg, task, family)
     if cfg.backbone:
         with console.status(f"encoding the dataset with backbone {cfg.backbone} (once; "
                             "cached for later runs)..."):
@@ -102,7 +104,8 @@ def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) 
         summary = run_simulation(cfg, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
                                  on_record=on_record)
     out = Path(cfg.out_dir).resolve()
-    summary["reference"] = tfidf_reference(cfg)
+    reference = pixel_reference if task.kind.inputs.name == "images" else tfidf_reference
+    summary["reference"] = reference(cfg)
     summary = finalize_summary(out, summary)
     plot_run(out, read_metrics(out), cfg.epsilon)
     return summary

@@ -43,3 +43,22 @@ def run_in_process(cfg: FedConfig) -> list[dict]:
         restore_task_identity(saved)
     lines = (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def simulate_or_fail(out: Path, *args: str) -> Path:
+    """``fedistill simulate ARGS --out OUT`` through Flower's Simulation Engine; a failed
+    run fails the test with the tails of its output and of its Flower log."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", *args, "--out", str(out)]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(cmd, cwd=root, env=os.environ.copy(), capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode != 0:
+        flower_log = out / "flower.log"
+        tail = flower_log.read_text()[-4000:] if flower_log.exists() else ""
+        pytest.fail(f"simulate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}\n--- flower.log ---\n{tail}")
+    return out

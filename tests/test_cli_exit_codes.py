@@ -23,6 +23,8 @@ CASES = [
     (["simulate", "--set", "rounds"], "key=value"),
     (["simulate", "--config", f"{MISSING}.toml"], "does not exist"),
     (["simulate", "--baseline", "nope"], "Unknown baseline"),
+    (["simulate", "--preset", "quick", "--set", "dataset=digits", "--out", "TMP/run"],
+     "'transformer' does not read images"),
     (["robustness", "--preset", "nope"], "Unknown preset"),
     (["robustness", "--attacks", "nope"], "not poisoning attacks"),
     (["certs", "--out", "TMP/certs", "--nodes", "-1"], "--nodes"),

@@ -15,6 +15,7 @@ from common.errors import ConfigError
 from common.models import (
     FAMILIES,
     FEATURE_FAMILIES,
+    IMAGE_FAMILIES,
     SIZES,
     ModelConfig,
     build_model,
@@ -45,7 +46,7 @@ def _config(family: str, **kwargs) -> ModelConfig:
 def _example_input(family: str) -> tuple[torch.Tensor, ...]:
     if family == "forecaster":
         return (torch.randn(2, 10, 3),)
-    if family == "vit":
+    if family in IMAGE_FAMILIES:
         return (torch.randn(2, 1, 8, 8),)
     if family in FEATURE_FAMILIES:
         return (torch.randn(2, 12),)

@@ -143,6 +143,8 @@ CASES = [
     Case("lstm", dict(family="lstm", n_layers=4, **_TEXT), _text_cls, "cls"),  # 2 LSTM layers
     Case("lstm-lm", dict(family="lstm-lm", **_TEXT), _lm, "lm"),
     Case("cnn", dict(family="cnn", **_TEXT), _text_cls, "cls"),
+    Case("image-cnn", dict(family="image-cnn", num_classes=C, channels=1, dropout=0.0,
+                           d_model=8), _images, "cls"),
     Case("probe", dict(family="probe", feature_dim=12, num_classes=C), _features, "cls"),
     Case("probe-mlp", dict(family="probe-mlp", feature_dim=12, num_classes=C, dropout=0.0),
          _features, "cls"),
@@ -303,7 +305,7 @@ def _learnable(family: str, gen: torch.Generator, n: int):
         x = 0.3 * torch.randn(n, 12, generator=gen)
         x[torch.arange(n), y] += 1.0
         return (nn.functional.normalize(x, dim=-1),), y
-    # vit: the bright half of the image (left / right / top) is the class
+    # vit, image-cnn: the bright half of the image (left / right / top) is the class
     y = torch.randint(0, C, (n,), generator=gen)
     images = 0.3 * torch.randn(n, 1, 8, 8, generator=gen)
     images[y == 0, :, :, :4] += 1.0

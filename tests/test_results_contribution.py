@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import contribution_table, private_contribution
+from bench.results import contribution_table, image_targets_table, private_contribution
 from common.metrics import mean_interval
 
 
@@ -60,3 +60,15 @@ def test_recipes_section_renders_every_recipes_file(tmp_path: Path) -> None:
     assert "2 clients (3346–3346 private examples each)" in text
     assert "| head | 0.620 / 0.640 | +2.0 / +3.0 |" in text
     assert recipes_section(tmp_path / "empty") == []
+
+
+def test_image_target_is_met_or_missed_with_the_gap() -> None:
+    rows = [_row("federated-distillation", s, 2.0, t) for s, t in ((0, 0.85), (1, 0.87))]
+    rows[0]["final"]["ensemble_accuracy"] = rows[1]["final"]["ensemble_accuracy"] = 0.93
+    rows.append(_row("federated-distillation", 0, 8.0, 0.99))  # another budget: not counted
+    lines = image_targets_table("images", rows)
+    teacher = next(line for line in lines if "final teacher at ε = 2 ≥ 0.9" in line)
+    assert "0.860" in teacher and "**no** (gap -4.0 points)" in teacher
+    ensemble = next(line for line in lines if "final ensemble" in line)
+    assert ensemble.endswith("| yes |")
+    assert image_targets_table("default", rows) == []

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import simulate_or_fail
 
 from common.privacy.ledger import PrivacyLedger
 
@@ -40,14 +41,8 @@ def _simulate(out: Path, *extra: str, timeout: int = 900) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("quick") / "run"
-    proc = _simulate(out, *SHARED_RUN)
-    if proc.returncode != 0:
-        flower_log = out / "flower.log"
-        tail = flower_log.read_text()[-4000:] if flower_log.exists() else ""
-        pytest.fail(f"simulate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-3000:]}\n--- flower.log ---\n{tail}")
-    return out
+    return simulate_or_fail(tmp_path_factory.mktemp("quick") / "run", "--preset", "quick",
+                            *SHARED_RUN)
 
 
 def test_summary_has_documented_fields(quick_run: Path) -> None:

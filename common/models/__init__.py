@@ -3,7 +3,8 @@
 Transformer family: attention from ``nn.Linear`` projections, sinusoidal or learned
 positions, pre-/post-LN blocks; an encoder classifier, a GPT-style LM with KV-cached
 generation, an encoder-decoder, a time-series forecaster and a patch-embedding image
-classifier. Heterogeneous students: ``DPLSTM`` classifier and LM, 1-D CNN classifier.
+classifier. Heterogeneous students: ``DPLSTM`` classifier and LM, 1-D CNN text and 2-D
+CNN image classifiers.
 Build any of them from a ``ModelConfig`` with ``build_model``.
 """
 
@@ -21,12 +22,13 @@ from common.models.blocks import (
     TransformerStack,
     init_weights,
 )
-from common.models.cnn import CNNTextClassifier
+from common.models.cnn import CNNImageClassifier, CNNTextClassifier
 from common.models.factory import (
     CLASSIFIER_FAMILIES,
     FAMILIES,
     FEATURE_FAMILIES,
     GHOST_FAMILIES,
+    IMAGE_FAMILIES,
     SIZES,
     TEXT_FAMILIES,
     ModelConfig,
@@ -50,6 +52,7 @@ from common.models.vision import PatchEmbedding, VisionTransformer
 
 __all__ = [
     "CLASSIFIER_FAMILIES",
+    "CNNImageClassifier",
     "CNNTextClassifier",
     "DecoderBlock",
     "FAMILIES",
@@ -59,6 +62,7 @@ __all__ = [
     "ForecastMSELoss",
     "GHOST_FAMILIES",
     "GPT",
+    "IMAGE_FAMILIES",
     "KVCache",
     "LSTMClassifier",
     "LSTMLanguageModel",

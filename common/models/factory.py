@@ -16,7 +16,7 @@ from torch import nn
 
 from common.errors import ConfigError
 from common.models.blocks import NORMS, TransformerSettings
-from common.models.cnn import CNNTextClassifier
+from common.models.cnn import CNNImageClassifier, CNNTextClassifier
 from common.models.encoder import EncoderClassifier
 from common.models.forecaster import TimeSeriesForecaster
 from common.models.heads import FeatureClassifier
@@ -28,13 +28,14 @@ from common.models.transformer import GPT, POOLINGS, TransformerClassifier
 from common.models.vision import VisionTransformer
 
 FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "vit", "lstm", "lstm-lm", "cnn",
-            "probe", "probe-mlp", "encoder")
+            "image-cnn", "probe", "probe-mlp", "encoder")
 TEXT_FAMILIES = ("transformer", "gpt", "seq2seq", "lstm", "lstm-lm", "cnn")
+IMAGE_FAMILIES = ("vit", "image-cnn")  # read images (B, channels, image_size, image_size)
 # heads on the features of a frozen pretrained encoder (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
 # the pretrained encoder itself, fine-tuned (common/models/encoder.py)
 PRETRAINED_FAMILIES = ("encoder",)
-CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn", *FEATURE_FAMILIES,
+CLASSIFIER_FAMILIES = ("transformer", "vit", "lstm", "cnn", "image-cnn", *FEATURE_FAMILIES,
                        *PRETRAINED_FAMILIES)
 # families whose per-sample gradient norms under Opacus ghost clipping were checked
 # against a per-example reference (tests/test_models_privacy.py)
@@ -87,8 +88,8 @@ class ModelConfig:
     n_out: int | None = None  # forecaster: predicted variables (None = n_vars)
     feature_dim: int = 0  # probe, probe-mlp: width of the encoder's features (required)
     backbone: str = ""  # encoder: the pretrained checkpoint's spec (minilm, hf:...)
-    image_size: int = 28  # vit: square images of image_size x image_size
-    channels: int = 1  # vit: image channels
+    image_size: int = 28  # vit, image-cnn: square images of image_size x image_size
+    channels: int = 1  # vit, image-cnn: image channels
     patch_size: int = 4  # vit: square patch side; must divide image_size
     d_model: int | None = None  # overrides of the size preset (None = from size)
     n_layers: int | None = None
@@ -229,6 +230,8 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         dropout=c.dropout,
         pad_id=c.pad_id,
     ),
+    "image-cnn": lambda c: CNNImageClassifier(c.channels, c.num_classes, width=c.dims.d_model,
+                                              dropout=c.dropout),
     "probe": lambda c: FeatureClassifier(c.feature_dim, c.num_classes),
     "encoder": lambda c: EncoderClassifier(resolve_backbone(c.backbone).source, c.num_classes),
     "probe-mlp": lambda c: FeatureClassifier(c.feature_dim, c.num_classes,

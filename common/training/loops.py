@@ -6,6 +6,8 @@ on a plain module, never through an Opacus wrapper, so the accountant never sees
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -60,8 +62,10 @@ def distill(
     batch_size: int = 64,
     device: torch.device,
     seed: int = 0,
+    loss_fn: Callable[[Tensor, Tensor, float], Tensor] = kd_loss,
 ) -> list[float]:
-    """Distil ``model`` towards ``target_probs`` on inputs ``x`` (Hinton et al. 2015 KD)."""
+    """Distil ``model`` towards ``target_probs`` on inputs ``x`` with ``loss_fn`` (the
+    task's knowledge's loss; by default Hinton et al. 2015 KD)."""
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
@@ -70,7 +74,7 @@ def distill(
         total, count = 0.0, 0
         for idx in _batches(len(x), batch_size, gen):
             xb, pb = x[idx].to(device), target_probs[idx].to(device)
-            loss = kd_loss(model(xb), pb, temperature)
+            loss = loss_fn(model(xb), pb, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)

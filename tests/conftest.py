@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,17 +48,18 @@ def run_in_process(cfg: FedConfig) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def simulate_or_fail(out: Path, *args: str) -> Path:
-    """``fedistill simulate ARGS --out OUT`` through Flower's Simulation Engine; a failed
-    run fails the test with the tails of its output and of its Flower log."""
-    import os
-    import subprocess
-    import sys
-
+def simulate(out: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``fedistill simulate ARGS --out OUT`` through Flower's Simulation Engine."""
     cmd = [str(Path(sys.executable).parent / "fedistill"), "simulate", *args, "--out", str(out)]
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(cmd, cwd=root, env=os.environ.copy(), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(cmd, cwd=root, env=os.environ.copy(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def simulate_or_fail(out: Path, *args: str) -> Path:
+    """:func:`simulate`; a failed run fails the test with the tails of its output and of
+    its Flower log."""
+    proc = simulate(out, *args)
     if proc.returncode != 0:
         flower_log = out / "flower.log"
         tail = flower_log.read_text()[-4000:] if flower_log.exists() else ""

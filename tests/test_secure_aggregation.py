@@ -5,7 +5,8 @@ in-process Grid (simulations/inprocess.py) hands each message to the real Client
 ``client/app.py`` (its ``secaggplus_mod`` included) with one Context per node.
 A recording mod inside the SecAgg+ mod keeps each client's soft labels before masking,
 so the secure aggregate is compared with the plain weighted mean of the same replies.
-The whole path through Flower's Simulation Engine is in tests/test_simulation_e2e.py.
+The whole path through Flower's Simulation Engine, with clients dropping out, is in
+tests/test_simulation_images.py.
 """
 
 from __future__ import annotations

@@ -71,13 +71,14 @@ def seed_verdicts(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     best recipe that meets it, else the closest and its gap."""
     from common.metrics import mean_interval
 
+    per_seed = seed_ratios(runs)
     means = {recipe: {k: sum(v) / len(v) for k, v in r.items()}
-             for recipe, r in seed_ratios(runs).items()}
+             for recipe, r in per_seed.items()}
     out = []
     for target in TARGETS if means else ():
         gap, _, recipe = min((_shortfall(target, m), -m["smaller"], recipe)
                              for recipe, m in means.items())
-        _, low, high = mean_interval(seed_ratios(runs)[recipe]["points"])
+        _, low, high = mean_interval(per_seed[recipe]["points"])
         out.append({"target": target.name, "met": gap == 0, "recipe": recipe,
                     "seeds": len(runs), **means[recipe], "points_low": low,
                     "points_high": high})

@@ -49,6 +49,18 @@ def test_a_missing_run_or_teacher_exits_2_with_a_clear_message(tmp_path, monkeyp
     assert "no teacher.pt" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    (["--epochs", "0"], "at least 1"), (["--validation", "0.9"], "must lie in (0, 0.5)")])
+def test_bad_distillation_settings_exit_2_before_any_work(tmp_path, monkeypatch, capsys,
+                                                          option, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.toml").write_text(tomli_w.dumps(FedConfig().to_run_config()))
+    (run / "teacher.pt").write_bytes(b"not read: the settings are refused first")
+    assert _compress(monkeypatch, str(run), "--out", str(tmp_path / "o"), *option) == 2
+    assert message in " ".join(capsys.readouterr().out.split())
+
+
 def _rows(out) -> dict[str, dict]:
     result = json.loads((out / "compression.json").read_text())
     assert (out / "pareto.png").stat().st_size > 0 and (out / "COMPRESSION.md").is_file()

@@ -26,7 +26,8 @@ TEACHER_FAMILIES = STUDENT_FAMILIES
 FEATURE_FAMILIES = ("probe", "probe-mlp")
 # families built on the backbone: its features, or the encoder itself fine-tuned
 BACKBONE_FAMILIES = (*FEATURE_FAMILIES, "encoder")
-BUILTIN_BACKBONES = ("minilm",)  # fetched as data (common/models/pretrained.py)
+BUILTIN_BACKBONES = ("minilm", "mpnet")  # fetched as data (common/models/pretrained.py)
+ENCODER_DTYPES = ("float32", "bfloat16", "auto")
 HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
 ENCODINGS = ("float32", "float16", "int8", "topk")
@@ -53,7 +54,10 @@ class FedConfig:
     max_len: int = 40  # tokens per text; longer texts are truncated
     vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
     backbone: str = ""  # a frozen pretrained encoder for the probe families: minilm,
-    #                     hf:HUB_NAME or hf:LOCAL_DIR ('' = every model from scratch)
+    #                     mpnet, hf:HUB_NAME or hf:LOCAL_DIR ('' = every model from scratch)
+    # the frozen encoder's precision when it computes features: auto = bfloat16 on a GPU
+    # or a CPU with bfloat16 matrix units, else float32
+    encoder_dtype: str = "float32"
     patch_size: int = 0  # vit on images: square patch side (0 = a 4x4 grid of patches)
     # --- rounds
     rounds: int = 5
@@ -125,6 +129,7 @@ class FedConfig:
         _check_choice("partition", self.partition, PARTITIONS)
         _check_choice("aggregation", self.aggregation, AGGREGATIONS)
         _check_choice("encoding", self.encoding, ENCODINGS)
+        _check_choice("encoder-dtype", self.encoder_dtype, ENCODER_DTYPES)
         _check_choice("grad-sample-mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         _check_choice("dp-optimizer", self.dp_optimizer, DP_OPTIMIZERS)
         _check_choice("dp-trainable", self.dp_trainable, DP_TRAINABLE)
@@ -295,7 +300,7 @@ def _check_backbone(cfg: FedConfig) -> None:
     needs = [f for f in (cfg.teacher_family, *cfg.student_families) if f in BACKBONE_FAMILIES]
     if needs and not cfg.backbone:
         raise ConfigError(f"{', '.join(sorted(set(needs)))} build(s) on a pretrained "
-                          "encoder: set backbone (minilm, hf:HUB_NAME or hf:LOCAL_DIR).")
+                          "encoder: set backbone (minilm, mpnet, hf:HUB_NAME or hf:LOCAL_DIR).")
 
 
 def _check_secagg(cfg: FedConfig) -> None:

@@ -111,8 +111,8 @@ def client_partitions(
 
 
 @functools.lru_cache(maxsize=4)
-def prepare_features(dataset: str, seed: int, backbone: str,
-                     max_len: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def prepare_features(dataset: str, seed: int, backbone: str, max_len: int,
+                     dtype: str = "float32") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Every role's features under the frozen ``backbone`` (computed once, then cached).
 
     Rows are in the same order as :func:`prepare_task`'s token ids. Public, teacher and
@@ -125,7 +125,7 @@ def prepare_features(dataset: str, seed: int, backbone: str,
     roles = load_dataset(dataset, seed=seed)
     parts = (roles.private.texts, roles.public.texts, roles.teacher.texts, roles.test.texts)
     features = torch.from_numpy(encode_cached(backbone, [t for p in parts for t in p],
-                                              max_len=max_len))
+                                              max_len=max_len, dtype=dtype))
     private, public, teacher, test = features.split([len(p) for p in parts])
     return private, public, teacher, test
 
@@ -159,7 +159,8 @@ def encode_texts(cfg: FedConfig, family: str, texts: Sequence[str], *,
         from common.models.pretrained import encode_cached
 
         return torch.from_numpy(encode_cached(cfg.backbone, list(texts), max_len=cfg.max_len,
-                                              feature_dir=feature_dir))
+                                              feature_dir=feature_dir,
+                                              dtype=cfg.encoder_dtype))
     if cfg.backbone and family == "encoder":
         return backbone_ids(cfg.backbone, texts, cfg.max_len)
     task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
@@ -187,7 +188,7 @@ def task_for(cfg: FedConfig, task: PreparedTask, family: str) -> PreparedTask:
                                                               cfg.backbone, cfg.max_len)
     elif family in FEATURE_FAMILIES:
         private, public, teacher, test = prepare_features(cfg.dataset, cfg.seed, cfg.backbone,
-                                                          cfg.max_len)
+                                                          cfg.max_len, cfg.encoder_dtype)
     else:
         return task
     return dataclasses.replace(task, private_x=private, public_x=public, teacher_x=teacher,

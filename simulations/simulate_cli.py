@@ -88,9 +88,10 @@ def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) 
     for family in (cfg.teacher_family, *cfg.student_families):
         check_fits(cfg, task, family)
     if cfg.backbone:
-        with console.status(f"encoding the dataset with backbone {cfg.backbone} (once; "
-                            "cached for later runs)..."):
-            prepare_features(cfg.dataset, cfg.seed, cfg.backbone, cfg.max_len)
+        with console.status(f"fetching backbone {cfg.backbone} and encoding the dataset with it "
+                            "(once; cached for later runs)..."):
+            prepare_features(cfg.dataset, cfg.seed, cfg.backbone, cfg.max_len,
+                             cfg.encoder_dtype)
 
     console.print(f"[bold]fedistill simulate[/bold]: {cfg.dataset}, {cfg.num_clients} clients, "
                   f"{cfg.rounds} rounds, ε budget {cfg.epsilon}, students {cfg.students}")

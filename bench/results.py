@@ -482,26 +482,29 @@ def main() -> None:
         return write_doc()
     torch.set_num_threads(1)
     methods = tuple(m.strip() for m in args.methods.split(","))
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        rows += run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods,
-                           args.name)
-    path = RESULTS / f"{args.name or args.preset}.json"
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
-    fresh = {_row_key(r) for r in rows}
-    rows = [r for r in old if _row_key(r) not in fresh] + rows
-    rows.sort(key=lambda r: (-r["privacy"]["budget"], METHODS.index(r["method"]), r["seed"]))
     command = _relative(f"python -m bench.results --preset {args.preset} --seeds {args.seeds} "
                         f"--methods {','.join(methods)}"
                         + "".join(f" --set {s}" for s in args.sets)
                         + (f" --name {args.name}" if args.name else ""))
+    path = RESULTS / f"{args.name or args.preset}.json"
+    for seed in (int(s) for s in args.seeds.split(",")):
+        rows = run_preset(args.preset, seed, args.sets, Path(args.runs_dir), methods,
+                          args.name)
+        save_rows(path, rows, command)  # per seed: a later crash loses no finished run
+    write_doc()
+
+
+def save_rows(path: Path, rows: list[dict[str, Any]], command: str) -> None:
+    """Add ``rows`` to the results file, replacing a row of the same method, seed and ε."""
     previous = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {_row_key(r) for r in rows}
+    rows = [r for r in previous.get("rows", []) if _row_key(r) not in fresh] + rows
+    rows.sort(key=lambda r: (-r["privacy"]["budget"], METHODS.index(r["method"]), r["seed"]))
     commands = previous.get("commands", [previous["command"]] if "command" in previous else [])
     commands = [c for c in commands if c != command] + [command]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(
         {"commands": commands, "environment": environment("cpu"), "rows": rows}, indent=1))
-    write_doc()
 
 
 def write_doc() -> None:

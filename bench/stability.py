@@ -68,14 +68,15 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "stability"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    command = (f"python -m bench.stability --preset {args.preset} --runs {args.runs}"
+               + "".join(f" --set {s}" for s in args.sets))
     rows = []
     for k in range(args.runs):
         rows.append(one_run(args.preset, k % 3, args.sets, Path(args.runs_dir) / f"run-{k}"))
         print(json.dumps(rows[-1]), flush=True)
-    command = (f"python -m bench.stability --preset {args.preset} --runs {args.runs}"
-               + "".join(f" --set {s}" for s in args.sets))
-    OUT.write_text(json.dumps({"command": command, "preset": args.preset, "rows": rows},
-                              indent=1))
+        # after every run: an interrupted series keeps (and the page counts) the runs done
+        OUT.write_text(json.dumps({"command": command, "preset": args.preset, "rows": rows},
+                                  indent=1))
     print(f"wrote {OUT}")
 
 

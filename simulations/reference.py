@@ -1,5 +1,5 @@
 """The simple thing to beat: TF-IDF (or, for images, pixel) + logistic regression on the
-teacher's labels.
+teacher's labels; for forecasting, the seasonal-naive forecast (no training at all).
 
 ``fedistill simulate`` reports it beside the federation, on the same teacher labels and
 the same test set, so a user who brings a dataset sees at once whether the federation
@@ -17,6 +17,8 @@ from sklearn.linear_model import LogisticRegression
 
 from common.config import FedConfig
 from common.data import load_dataset
+from common.errors import DataError
+from common.metrics import mae, mse
 
 
 def tfidf_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
@@ -65,3 +67,30 @@ def _fit_and_score(texts: Any, labels: Any, test: Any) -> float:
                                                           labels)
     predicted = model.predict(vectorizer.transform(test.texts))
     return float(np.mean(predicted == np.asarray(test.labels)))
+
+
+def seasonal_naive_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
+    """MSE and MAE on the test windows of the seasonal-naive forecast: each step repeats
+    the target's value one ``season`` earlier (for an hourly series, the same hour of the
+    day before), in the same standardised units as the federation's scores. It needs no
+    labels, so ``pooled`` changes nothing (the argument keeps one signature for all)."""
+    del pooled
+    season = cfg.season or 24  # hourly series: the same hour of the day before
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    x, y = np.asarray(roles.test.features), np.asarray(roles.test.labels)  # (N,T,C), (N,H,O)
+    columns = list(roles.info["columns"])
+    targets = [columns.index(c) for c in roles.info["target_columns"]]
+    if x.shape[1] < season:
+        raise DataError(f"dataset={cfg.dataset!r}: input windows of {x.shape[1]} steps are "
+                        f"shorter than the season ({season}); lengthen input_len.")
+    last = x[:, -season:, :][:, :, targets]  # (N, season, O): the last season seen
+    steps = np.arange(y.shape[1]) % season
+    forecast = last[:, steps, :]  # (N, H, O)
+    return {"seasonal_naive_mse": mse(y, forecast), "seasonal_naive_mae": mae(y, forecast),
+            "season": season, "test_windows": len(y)}
+
+
+def reference_for(task: str) -> Any:
+    """The reference of a dataset's task: TF-IDF, pixels or seasonal naive."""
+    return {"image": pixel_reference, "forecast": seasonal_naive_reference}.get(
+        task, tfidf_reference)

@@ -232,6 +232,12 @@ def check_fits(cfg: FedConfig, task: PreparedTask, family: str) -> None:
         raise ConfigError(f"partition={cfg.partition!r} does not fit {kind.inputs.name} "
                           f"(dataset={cfg.dataset!r}): use one of "
                           f"{', '.join(kind.inputs.partitions)}.")
+    if not knowledge.simplex and cfg.secure_aggregation:
+        # coordinator/secure.py quantizes each entry within [0, 1] (CLIPPING_RANGE): a
+        # forecast outside it would be clipped in the masked sum without a word
+        raise ConfigError(f"secure-aggregation=true quantizes values in [0, 1] "
+                          f"(probabilities); {knowledge.name} range wider and would be "
+                          "clipped: turn secure aggregation off for this task.")
     if not knowledge.simplex and cfg.attack in POISONING_ATTACKS:
         raise ConfigError(f"attack={cfg.attack!r} poisons class probabilities; "
                           f"{knowledge.name} take only the faults {', '.join(ATTACKS[6:])}.")

@@ -158,6 +158,7 @@ REFUSED = [
     ({"encoding": "topk"}, "encoding='topk' does not apply to forecasts"),
     ({"partition": "iid"}, "partition='iid' does not fit windows.*time-blocks"),
     ({"attack": "flip"}, "attack='flip' poisons class probabilities"),
+    ({"secure_aggregation": True}, "secure-aggregation=true quantizes values in"),
 ]
 
 

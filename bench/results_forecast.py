@@ -1,8 +1,10 @@
 """The results page's section for a forecasting preset (``bench/results.py`` calls it).
 
 Scores are test MSE and MAE in the dataset's standardised units (lower is better), shown
-×10⁻⁴ and ×10⁻² so that the differences read. The reference line is the seasonal-naive
-forecast on the same test windows, and the target table holds issue 19's forecasting
+×10⁻⁴ and ×10⁻² so that the differences read. The reference lines are the seasonal-naive
+forecast on the same test windows and a closed-form ridge regression (the simple
+non-private forecaster: on the teacher's labels, and pooled with every private label),
+and the target table holds issue 19's forecasting
 target beside what was measured: federated distillation at ε = 8 ahead of seasonal naive
 and of local-only DP on MSE.
 """
@@ -44,10 +46,17 @@ def section(preset: str, rows: list[dict[str, Any]], header: list[str]) -> list[
            "| bytes down | wall s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += [_row(r) for r in rows]
+    linear = _linear(rows)
     out += ["", f"**Seasonal naive** (each step repeats the value of the same hour the day "
                 f"before; no training, no private data) on the same {naive['test_windows']:,} "
                 f"test windows: MSE {_mse(naive['seasonal_naive_mse'])}, MAE "
-                f"{_mae(naive['seasonal_naive_mae'])}.", ""]
+                f"{_mae(naive['seasonal_naive_mae'])}. **Ridge regression** of what seasonal "
+                "naive misses on the whole input window (closed form, ridge 10⁻³·n, no DP): "
+                f"on the teacher's {linear['teacher_windows']} labelled windows MSE "
+                f"{_mse(linear['linear_teacher_labels_mse'])}, MAE "
+                f"{_mae(linear['linear_teacher_labels_mae'])}; on those and every private "
+                f"window pooled MSE {_mse(linear['linear_all_labels_mse'])}, MAE "
+                f"{_mae(linear['linear_all_labels_mae'])}.", ""]
     out += targets(rows, naive["seasonal_naive_mse"])
     return out + page_lines(f"RESULTS/{preset}_note.md") + [""]
 
@@ -68,6 +77,13 @@ def _seasonal_naive(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from simulations.reference import seasonal_naive_reference
 
     return seasonal_naive_reference(FedConfig(dataset=rows[0]["dataset"]))
+
+
+def _linear(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from common.config import FedConfig
+    from simulations.reference import linear_reference
+
+    return linear_reference(FedConfig(dataset=rows[0]["dataset"]), pooled=True)
 
 
 def _values(rows: list[dict[str, Any]], method: str, key: str) -> list[float]:

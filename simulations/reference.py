@@ -90,6 +90,42 @@ def seasonal_naive_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[st
             "season": season, "test_windows": len(y)}
 
 
+def linear_reference(cfg: FedConfig, *, pooled: bool = False,
+                     ridge: float = 1e-3) -> dict[str, Any]:
+    """MSE and MAE on the test windows of a ridge regression of the seasonal-naive residual
+    on the whole input window (closed form, no DP): the simple non-private forecaster,
+    fitted on the teacher's windows, and with ``pooled`` on the teacher's and every
+    private window together (a reference no private federation is owed)."""
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    season = cfg.season or 24
+    splits = (roles.teacher, roles.private) if pooled else (roles.teacher,)
+    out = {"teacher_windows": len(roles.teacher)}
+    for key, chosen in (("teacher_labels", splits[:1]), ("all_labels", splits)):
+        if key == "all_labels" and not pooled:
+            continue
+        x = np.concatenate([np.asarray(s.features) for s in chosen])
+        y = np.concatenate([np.asarray(s.labels) for s in chosen])
+        forecast = _ridge_forecast(x, y, np.asarray(roles.test.features), season, ridge)
+        test_y = np.asarray(roles.test.labels)
+        out[f"linear_{key}_mse"] = mse(test_y, forecast)
+        out[f"linear_{key}_mae"] = mae(test_y, forecast)
+    return out
+
+
+def _ridge_forecast(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, season: int,
+                    ridge: float) -> np.ndarray:
+    """Fit residual = W·window + b on (x, y); forecast the test windows (N, H, O)."""
+    def naive(w: np.ndarray) -> np.ndarray:
+        return w[:, -season:, -y.shape[2]:][:, np.arange(y.shape[1]) % season]
+
+    def design(w: np.ndarray) -> np.ndarray:
+        return np.concatenate([w.reshape(len(w), -1), np.ones((len(w), 1))], axis=1)
+
+    a, r = design(x), (y - naive(x)).reshape(len(y), -1)
+    weights = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ r)
+    return naive(test_x) + (design(test_x) @ weights).reshape(len(test_x), *y.shape[1:])
+
+
 def reference_for(task: str) -> Any:
     """The reference of a dataset's task: TF-IDF, pixels or seasonal naive."""
     return {"image": pixel_reference, "forecast": seasonal_naive_reference}.get(

@@ -57,8 +57,29 @@ def section(preset: str, rows: list[dict[str, Any]], header: list[str]) -> list[
                 f"{_mae(linear['linear_teacher_labels_mae'])}; on those and every private "
                 f"window pooled MSE {_mse(linear['linear_all_labels_mse'])}, MAE "
                 f"{_mae(linear['linear_all_labels_mae'])}.", ""]
+    out += contribution(rows)
     out += targets(rows, naive["seasonal_naive_mse"])
     return out + page_lines(f"RESULTS/{preset}_note.md") + [""]
+
+
+def contribution(rows: list[dict[str, Any]]) -> list[str]:
+    """FD at ε − the public-only ablation of the same seed, in MSE (negative: the clients'
+    DP-trained private windows lowered the error)."""
+    public = {r["seed"]: r["final"] for r in rows if r["method"] == "public-only"}
+    paired = [(r["final"], public[r["seed"]]) for r in rows
+              if r["method"] == "federated-distillation" and r["seed"] in public
+              and float(r["privacy"]["budget"]) == TARGET_BUDGET]
+    if not paired:
+        return []
+    cells = []
+    for key in ("teacher_mse", "ensemble_mse", "student_mse_mean"):
+        mean, lo, hi = mean_interval([fd[key] - po[key] for fd, po in paired])
+        cells.append(_mse(mean) + ("" if np.isnan(lo) else f" [{_mse(lo)}, {_mse(hi)}]"))
+    return ["**Private contribution** = federated distillation at ε = 8 − the public-only "
+            "ablation of the same seed (test MSE ×10⁻⁴; negative = the private windows "
+            "helped; mean over seeds and 95% Student-t interval):", "",
+            "| ε | seeds | teacher | ensemble | students |", "|---|---|---|---|---|",
+            f"| 8 | {len(paired)} | " + " | ".join(cells) + " |", ""]
 
 
 def _row(row: dict[str, Any]) -> str:
@@ -115,10 +136,12 @@ def targets(rows: list[dict[str, Any]], naive: float) -> list[str]:
         values = _values(rows, "federated-distillation", key)
         if not values:
             continue
-        mean = float(np.mean(values))
+        mean, _, high = mean_interval(values)
         for name, bar in bars:
             gap = 100 * (mean - bar) / bar
-            met = "yes" if mean < bar else f"**no** ({gap:+.0f}% MSE)"
+            met = ("yes" if mean < bar and not high >= bar else  # one seed: high is nan
+                   "yes on the mean; the interval reaches above the bar" if mean < bar else
+                   f"**no** ({gap:+.0f}% MSE)")
             out.append(f"| {what} at ε = 8 below {name} | {_interval(values)} | "
                        f"{_mse(bar)} | {met} |")
     return out + [""]

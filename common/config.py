@@ -59,6 +59,7 @@ class FedConfig:
     patch_size: int = 0  # vit on images: square patch side (0 = a 4x4 grid of patches)
     season: int = 24  # forecasting: every model forecasts the residual over the seasonal-
     #                   naive forecast of this period, in steps (24 = a day of hours; 0 = none)
+    center_windows: bool = False  # forecasting: models read each window minus its mean
     # --- rounds
     rounds: int = 5
     clients_per_round: int = 0  # 0 = every client, every round

@@ -175,7 +175,7 @@ def _window_fields(windows: Tensor, targets: Tensor, cfg: Any) -> dict[str, Any]
     # seasonal-naive start reads (common/models/forecaster.py)
     fields = {"n_vars": int(windows.shape[2]), "max_len": int(windows.shape[1]),
               "horizon": int(targets.shape[1]), "n_out": int(targets.shape[2]),
-              "season": cfg.season}
+              "season": cfg.season, "center": cfg.center_windows}
     return {**fields, "output_scale": _residual_scale(windows, targets, cfg.season)}
 
 

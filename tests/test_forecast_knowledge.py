@@ -242,3 +242,23 @@ def test_dp_sgd_on_forecasts_adds_noise_of_sigma_clip_over_batch() -> None:
     first, again, other = run(2), run(2), run(3)
     assert float(first.std()) == pytest.approx(sigma * clip / batch, rel=0.05)
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("family", ["forecaster", "forecast-mlp"])
+def test_centred_windows_make_a_forecast_follow_the_level(family: str) -> None:
+    """With center-windows the learned part reads the window's shape only: lifting the
+    whole window by c lifts the forecast by c (the seasonal-naive term), nothing else."""
+    cfg = _forecast_cfg(students=family, center_windows=True)
+    task = task_for(cfg, prepare_task(cfg.dataset, 0, cfg.vocab_size, cfg.max_len), family)
+    model = build_model(model_config(cfg, task, family, "tiny")).eval()
+    torch.manual_seed(0)
+    for p in model.parameters():  # away from the seasonal-naive start
+        nn.init.normal_(p, std=0.05)
+    x = task.test_x[:8]
+    with torch.no_grad():
+        lifted, base = model(x + 1.5), model(x)
+    torch.testing.assert_close(lifted, base + 1.5, rtol=0, atol=1e-4)
+    raw = build_model(model_config(_forecast_cfg(students=family), task, family, "tiny")).eval()
+    raw.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert (raw(x + 1.5) - raw(x) - 1.5).abs().max() > 1e-3  # raw levels move it

@@ -92,6 +92,7 @@ class ModelConfig:
     season: int = 0  # forecast families: add the seasonal-naive forecast of this period
     #                  (the last n_out variables, one period back; 0 = none; <= max_len)
     output_scale: float = 1.0  # forecast families: the learned part's scale (> 0)
+    center: bool = False  # forecast families: the learned part reads windows minus their mean
     feature_dim: int = 0  # probe, probe-mlp: width of the encoder's features (required)
     backbone: str = ""  # encoder: the pretrained checkpoint's spec (minilm, hf:...)
     image_size: int = 28  # vit, image-cnn: square images of image_size x image_size
@@ -224,11 +225,12 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "forecaster": lambda c: TimeSeriesForecaster(
         c.n_vars, c.horizon, c.n_out if c.n_out is not None else c.n_vars, c.max_len,
         transformer_settings(c), season=c.season, output_scale=c.output_scale,
+        center=c.center,
     ),
     "forecast-mlp": lambda c: ForecastMLP(
         c.n_vars, c.max_len, c.horizon, c.n_out if c.n_out is not None else c.n_vars,
         hidden=c.dims.d_model * 2, dropout=c.dropout, season=c.season,
-        output_scale=c.output_scale,
+        output_scale=c.output_scale, center=c.center,
     ),
     "vit": lambda c: VisionTransformer(
         c.image_size, c.channels, c.patch_size, c.num_classes, transformer_settings(c),

@@ -241,8 +241,8 @@ def equal_accuracy_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for preset, data in sorted(results.items()):
         rows = data.get("rows") if "benchmark" not in data else None
-        if not rows:
-            continue
+        if not rows or any(r.get("metric", "accuracy") != "accuracy" for r in rows):
+            continue  # none, or forecasts: MSE is not an accuracy to reach
         for fd in (r for r in rows if r.get("method") == "federated-distillation"):
             key = (fd["seed"], fd["privacy"].get("budget"))
             for base in (r for r in rows if r.get("method") in ("fedavg", "dp-fedavg")

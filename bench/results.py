@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import results_forecast
 from bench.pages import lines as page_lines
 from bench.pages import text
 from common.environment import environment
@@ -86,13 +87,18 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     lines: list[str] = []
     for preset, data in sorted(results.items()):
         env = data["environment"]
-        lines += [f"## `{preset}` preset", "",
+        header = [f"## `{preset}` preset", "",
                   "Commands (each adds or replaces its rows): "
                   + "; ".join(f"`{_relative(c)}`"
                               for c in data.get("commands", [data.get("command")]))
                   + "  ",
                   f"Environment: torch {env['torch']}, opacus {env['opacus']}, flwr "
-                  f"{env['flwr']}, {env['device']}.", "",
+                  f"{env['flwr']}, {env['device']}.", ""]
+        if results_forecast.is_forecast(data["rows"]):  # MSE, not accuracy
+            lines += results_forecast.section(preset, data["rows"], header)
+            lines += tuning_table(RESULTS / f"tuning-{preset}.json")
+            continue
+        lines += [*header,
                   "| method | seed | private step | teacher (initial → final) | ensemble "
                   "| students (mean) | ε max (budget) | δ | bytes up | bytes down | wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -232,6 +238,8 @@ def tuning_table(path: Path) -> list[str]:
              "differences under about 1.5 points are noise):", "",
              "| overrides | seed | teacher (initial → final) | ensemble | students |",
              "|---|---|---|---|---|"]
+    if any(row.get("metric") == "mse" for row in data["rows"]):
+        return results_forecast.tuning_lines(data)
     for row in data["rows"]:
         sets = ", ".join(f"`{s}`" for s in row["sets"]) or "none (the preset)"
         lines.append(f"| {sets} | {row['seed']} | {_fmt(row['teacher'][0])} → "

@@ -60,10 +60,11 @@ def tune(preset: str, sets: list[str], out: Path) -> dict:
     finally:
         restore_task_identity(saved)
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    return {"sets": sets, "seed": cfg.seed,
-            "teacher": [r["teacher_accuracy"] for r in records],
-            "ensemble": records[-1].get("ensemble_accuracy"),
-            "students": records[-1].get("student_accuracy_mean"),
+    name = records[0].get("metric", "accuracy")  # forecasts: mse
+    return {"sets": sets, "seed": cfg.seed, "metric": name,
+            "teacher": [r[f"teacher_{name}"] for r in records],
+            "ensemble": records[-1].get(f"ensemble_{name}"),
+            "students": records[-1].get(f"student_{name}_mean"),
             "epsilon_max": records[-1].get("epsilon_max"),
             "seconds": time.monotonic() - start}
 

@@ -34,8 +34,6 @@ from client.private_data import load_private_dir
 from client.state import ClientState
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import encode_knowledge
-from common.distill.losses import soften
 from common.errors import KnowledgeError, PolicyRefusal
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import check_budget
@@ -65,6 +63,7 @@ from common.task import (
     prepare_task,
     task_for,
 )
+from common.task_kinds import Knowledge
 from common.training import distill, dp_train, predict_logits, train_supervised
 
 log = logging.getLogger(__name__)
@@ -133,9 +132,9 @@ class RoundResult:
     """What one client round produced, before it is encoded for either kind of reply."""
 
     round: int
-    probs: np.ndarray  # (m, C) softened soft labels on the public batch
+    probs: np.ndarray  # (m, C) softened soft labels (or (m, width) forecasts) on the batch
     test_probs: np.ndarray | None  # (n_test, C) at T=1, in evaluate rounds
-    test_accuracy: float | None
+    test_accuracy: float | None  # the task's main metric (accuracy; MSE for forecasts)
     epsilon: float  # of the ledger's events, at its δ
     num_examples: int  # already bucketed: what may leave the node (released_count)
     non_private: bool  # private data was ever used without DP on this node: ε is ∞
@@ -143,6 +142,7 @@ class RoundResult:
     student: str
     client_id: str
     ledger: LedgerHead
+    knowledge: Knowledge  # the task's: how the reply is encoded
 
 
 def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: np.ndarray,
@@ -169,25 +169,27 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
 
     # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
     rows = torch.as_tensor(indices, dtype=torch.long)
-    teacher = task.kind.knowledge.decode(knowledge, cfg.encoding, num_rows=len(rows),
-                                         num_classes=task.num_classes)
+    kind = task.kind.knowledge
+    teacher = kind.decode(knowledge, cfg.encoding, num_rows=len(rows), num_classes=task.width)
     public_x = task.public_x[rows]
     distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
-            seed=cfg.seed + plan.round, loss_fn=task.kind.knowledge.loss)
+            seed=cfg.seed + plan.round, loss_fn=kind.loss)
 
     # (a, c, d) private training under DP, within the node's budget
     x_priv, y_priv = _private_data(cfg, node, task)
     private = _private_round(cfg, plan, state, student, x_priv, y_priv, policy=node.policy,
-                             device=device, client_id=client_id)
+                             device=device, client_id=client_id, criterion=kind.criterion())
     state.save_student(student)
 
-    # (e) soft labels on the public batch (post-processing: no ε)
-    probs = soften(predict_logits(student, public_x, device=device), cfg.temperature).numpy()
+    # (e) soft labels (forecasts) on the public batch (post-processing: no ε)
+    probs = kind.from_outputs(predict_logits(student, public_x, device=device),
+                              cfg.temperature).numpy()
     test_probs, test_accuracy = None, None
     if plan.evaluate:
-        test_probs = soften(predict_logits(student, task.test_x, device=device), 1.0).numpy()
-        test_accuracy = task.kind.knowledge.metric(task.test_y.numpy(), test_probs)
+        test_probs = kind.from_outputs(predict_logits(student, task.test_x, device=device),
+                                       1.0).numpy()
+        test_accuracy = kind.metric(task.test_y.numpy(), test_probs)
     head, records = state.ledger.head()
     return RoundResult(
         round=plan.round, probs=probs, test_probs=test_probs, test_accuracy=test_accuracy,
@@ -195,7 +197,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
         num_examples=released_count(len(y_priv), cfg.aggregation),
         non_private=state.trained_without_dp(), private=private,
         student=family, client_id=client_id,
-        ledger=LedgerHead(head, records, state.key_fingerprint),
+        ledger=LedgerHead(head, records, state.key_fingerprint), knowledge=kind,
     )
 
 
@@ -212,10 +214,9 @@ def _meta(result: RoundResult) -> ReplyMeta:
 
 def _plain_reply(cfg: FedConfig, result: RoundResult) -> RecordDict:
     """The soft labels as encoded arrays, with metrics: the coordinator sees each reply."""
-    test = (None if result.test_probs is None
-            else encode_knowledge(result.test_probs, "float16"))
-    return plain_reply(_meta(result),
-                       encode_knowledge(result.probs, cfg.encoding, topk=cfg.topk), test)
+    encode = result.knowledge.encode
+    test = None if result.test_probs is None else encode(result.test_probs, "float16")
+    return plain_reply(_meta(result), encode(result.probs, cfg.encoding, topk=cfg.topk), test)
 
 
 def _secure_reply(cfg: FedConfig, result: RoundResult) -> RecordDict:
@@ -266,9 +267,10 @@ class PrivateOutcome:
 def _private_round(
     cfg: FedConfig, plan: RoundPlan, state: ClientState, student: torch.nn.Module,
     x: torch.Tensor, y: torch.Tensor, *, policy: NodePolicy, device: torch.device,
-    client_id: str,
+    client_id: str, criterion: torch.nn.Module,
 ) -> PrivateOutcome:
-    """Train on the private partition if the node's policy and budget allow it."""
+    """Train on the private partition if the node's policy and budget allow it, with the
+    task's ``criterion`` (cross-entropy on class ids; MSE of forecasts)."""
     if not cfg.private_training:
         return PrivateOutcome(reason=Refusal.PUBLIC_ONLY)
     if state.ledger.has_round(plan.run_id, plan.round):
@@ -279,7 +281,8 @@ def _private_round(
         if not policy.allow_non_dp:
             return _decline(client_id, Refusal.NON_DP, "the run asks for training without "
                             "DP; this node's policy never allows it (allow-non-dp = false)")
-        return _non_private_round(cfg, plan, state, student, x, y, device=device)
+        return _non_private_round(cfg, plan, state, student, x, y, device=device,
+                                  criterion=criterion)
     delta = state.ledger.delta() or policy.delta  # the ledger's first record fixes δ
     if not policy.delta_fits(delta, len(x)):
         return _decline(client_id, Refusal.DELTA,
@@ -299,7 +302,7 @@ def _private_round(
                    trainable=cfg.dp_trainable, grad_sample_mode=cfg.grad_sample_mode,
                    max_physical_batch_size=cfg.max_physical_batch_size, device=device,
                    seeds=DpSeeds.for_ledger_record(state.secret, record.index),
-                   adapter_rank=cfg.dp_adapter_rank)
+                   adapter_rank=cfg.dp_adapter_rank, criterion=criterion)
     check_ran_as_planned(event, noise_multiplier=ran.noise_multiplier,
                          sample_rate=ran.sample_rate, steps=ran.steps,
                          max_grad_norm=ran.max_grad_norm,
@@ -316,14 +319,14 @@ def _decline(client_id: str, code: str, why: str, *, sigma: float = 0.0) -> Priv
 
 def _non_private_round(cfg: FedConfig, plan: RoundPlan, state: ClientState,
                        student: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                       device: torch.device) -> PrivateOutcome:
+                       device: torch.device, criterion: torch.nn.Module) -> PrivateOutcome:
     """``dp = false`` on a node that allows it: plain training, and ε is ∞ from now on."""
     state.mark_trained_without_dp()  # before training: from now on its ε is ∞
     steps = max(1, math.ceil(cfg.dp_epochs * len(x) / cfg.dp_batch_size))
     # The same data without DP, with the plain loop's AdamW (at the distillation lr).
     train_supervised(student, x, y, epochs=max(1, round(cfg.dp_epochs)),
                      lr=cfg.student_distill_lr, batch_size=cfg.dp_batch_size, device=device,
-                     seed=cfg.seed + plan.round)
+                     seed=cfg.seed + plan.round, loss_fn=criterion)
     return PrivateOutcome(steps=steps, non_private=True)
 
 

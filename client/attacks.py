@@ -225,6 +225,8 @@ def _attack_plain(content: RecordDict, attack: str, cfg: FedConfig, rnd: int,
     encoded = from_array_record(content, SOFT_LABELS)
     test = (from_array_record(content, TEST_SOFT_LABELS)
             if TEST_SOFT_LABELS in content.array_records else None)
+    if attack in FAULTS:  # corrupt what it would send: any knowledge, probabilities or not
+        return plain_reply(parse_plain_meta(content), corrupt(encoded, attack), test)
     probs = decode_knowledge(encoded, cfg.encoding, num_rows=sent.rows,
                              num_classes=_num_classes(cfg, encoded))
     payload = attacked_payload(probs, attack, seed=cfg.seed, rnd=rnd,

@@ -43,8 +43,8 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     by default the federation tokenizer's token ids (N, max_len).
     """
     if not task.tokenizer_json:  # the files hold texts for the federation tokenizer
-        raise DataError(f"data-dir {directory}: dataset={dataset!r} is an image task; a "
-                        "node's own files are read for text classification only.")
+        raise DataError(f"data-dir {directory}: dataset={dataset!r} is a {task.task!r} "
+                        "task; a node's own files are read for text classification only.")
     names = _class_names(dataset, seed)
     split = load_text_classification_dir(directory, class_names=names or None)
     if len(split) == 0 or split.texts is None or split.labels is None:

@@ -18,9 +18,10 @@ from typing import Any
 
 from common.errors import ConfigError
 
-# text families read token ids (or a backbone's features); vit and image-cnn read images
+# text families read token ids (or a backbone's features); vit and image-cnn read images;
+# forecaster (a Transformer) and forecast-mlp read windows of a time series
 STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp", "encoder", "vit",
-                    "image-cnn")
+                    "image-cnn", "forecaster", "forecast-mlp")
 TEACHER_FAMILIES = STUDENT_FAMILIES
 # heads on a frozen pretrained encoder's cached features (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
@@ -31,7 +32,8 @@ ENCODER_DTYPES = ("float32", "bfloat16", "auto")
 HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
 ENCODINGS = ("float32", "float16", "int8", "topk")
-PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+# time-blocks: contiguous stretches of a series per client (forecasting only)
+PARTITIONS = ("iid", "dirichlet", "shards", "natural", "time-blocks")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 DP_OPTIMIZERS = ("sgd", "adamw")
 DP_TRAINABLE = ("all", "head", "adapters", "embedding", "bias")
@@ -49,7 +51,7 @@ class FedConfig:
     dataset: str = "rotten-tomatoes"  # a name from `fedistill data list`
     seed: int = 0  # seeds the split, partition, sampling and model init
     num_clients: int = 10  # simulated SuperNodes / partitions
-    partition: str = "natural"  # iid | dirichlet | shards | natural (by movie)
+    partition: str = "natural"  # iid | dirichlet | shards | natural (by movie) | time-blocks
     alpha: float = 0.5  # Dirichlet concentration (partition = dirichlet)
     max_len: int = 40  # tokens per text; longer texts are truncated
     vocab_size: int = 6000  # WordPiece vocabulary, trained on public + teacher texts
@@ -59,6 +61,9 @@ class FedConfig:
     # or a CPU with bfloat16 matrix units, else float32
     encoder_dtype: str = "float32"
     patch_size: int = 0  # vit on images: square patch side (0 = a 4x4 grid of patches)
+    season: int = 24  # forecasting: every model forecasts the residual over the seasonal-
+    #                   naive forecast of this period, in steps (24 = a day of hours; 0 = none)
+    center_windows: bool = False  # forecasting: models read each window minus its mean
     # --- rounds
     rounds: int = 5
     clients_per_round: int = 0  # 0 = every client, every round
@@ -168,6 +173,9 @@ class FedConfig:
         if not 0 <= self.filter_min_entropy < float("inf"):
             raise ConfigError(f"filter-min-entropy={self.filter_min_entropy} must be a finite "
                               "number >= 0 (0 = off).")
+        if self.season < 0:
+            raise ConfigError(f"season={self.season} must be >= 0 (0 = no seasonal-naive "
+                              "start for forecasting models).")
         if self.patch_size < 0:
             raise ConfigError(f"patch-size={self.patch_size} must be >= 0 (0 = a quarter "
                               "of the image side).")

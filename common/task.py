@@ -4,9 +4,10 @@ The coordinator and every client load the same dataset roles and encode every ro
 the inputs of its task's kind (common/task_kinds.py). For text classification they train
 the same WordPiece tokenizer on the *non-private* texts (public pool + teacher set) and
 encode everything to token ids; private texts never reach the tokenizer, whose vocabulary
-would otherwise leak them. Images are used as they are. Messages then carry only indices
-into the public set; the coordinator sends a fingerprint (the tokenizer's, or the public
-images') so a client that loaded something else refuses to go on.
+would otherwise leak them. Images, and windows of a time series, are used as they are.
+Messages then carry only indices into the public set; the coordinator sends a fingerprint
+(the tokenizer's, or the public images' or windows') so a client that loaded something
+else refuses to go on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,9 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from common.config import FEATURE_FAMILIES, FedConfig
+from common.config import ATTACKS, FEATURE_FAMILIES, FedConfig
 from common.data import encode_batch, load_dataset, partition
+from common.data.partition import time_blocks
 from common.errors import ConfigError, DataError
 from common.models import ModelConfig
 from common.task_kinds import TaskKind, task_kind
@@ -55,6 +58,8 @@ class PreparedTask:
     valid_x: Tensor | None = None
     valid_y: Tensor | None = None
     task: str = "classification"  # the dataset's task: its kind (common/task_kinds.py)
+    width: int = 0  # columns of a knowledge row: classes, or horizon x targets (forecasts)
+    block_gap: int = 0  # time-blocks: windows dropped between two clients' blocks
 
     @property
     def kind(self) -> TaskKind:
@@ -72,8 +77,10 @@ def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> Prep
     def labels(y: np.ndarray | None, role: str) -> Tensor:
         if y is None:
             raise DataError(f"dataset={dataset!r} has no labels for its {role} role.")
-        return torch.tensor(np.asarray(y), dtype=torch.long)  # a copy: roles are read-only
+        # a copy (roles are read-only): class ids, or target windows (N, horizon, n_out)
+        return torch.tensor(np.asarray(y), dtype=kind.knowledge.label_dtype)
 
+    teacher_y = np.asarray(roles.teacher.labels)
     return PreparedTask(
         dataset=dataset,
         num_classes=roles.num_classes,
@@ -89,7 +96,18 @@ def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> Prep
         test_x=encoded.encode(roles.test),
         test_y=labels(roles.test.labels, "test"),
         task=kind.name,
+        width=roles.num_classes or int(np.prod(teacher_y.shape[1:])),
+        block_gap=_block_gap(roles.info),
     )
+
+
+def _block_gap(info: dict) -> int:
+    """Windows between two clients' time blocks so that no row lies in both: a window
+    spans input_len + horizon rows, and its start moves by ``stride`` rows."""
+    if "input_len" not in info:
+        return 0
+    span = int(info["input_len"]) + int(info["horizon"]) - 1
+    return math.ceil(span / int(info.get("stride", 1)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,6 +117,9 @@ def client_partitions(
 ) -> tuple[np.ndarray, ...]:
     """Index arrays of every client's private partition (deterministic by seed)."""
     task = prepare_task(dataset, seed, vocab_size, max_len)
+    if scheme == "time-blocks":
+        return tuple(time_blocks(len(task.private_x), num_clients, gap=task.block_gap,
+                                 seed=seed))
     parts = partition(
         task.private_y.numpy(),
         num_clients,
@@ -202,21 +223,54 @@ def check_fits(cfg: FedConfig, task: PreparedTask, family: str) -> None:
         raise ConfigError(f"family {family!r} does not read {kind.inputs.name}, the inputs "
                           f"of dataset={cfg.dataset!r} ({kind.name}): use one of "
                           f"{', '.join(kind.inputs.families)}.")
-    if cfg.aggregation not in kind.knowledge.aggregations:
-        raise ConfigError(f"aggregation={cfg.aggregation!r} does not apply to "
-                          f"{kind.knowledge.name}: use one of "
-                          f"{', '.join(kind.knowledge.aggregations)}.")
+    knowledge = kind.knowledge
+    for key, value, fits in (("aggregation", cfg.aggregation, knowledge.aggregations),
+                             ("encoding", cfg.encoding, knowledge.encodings)):
+        if value not in fits:
+            raise ConfigError(f"{key}={value!r} does not apply to {knowledge.name}: use one "
+                              f"of {', '.join(fits)}.")
+    if cfg.partition not in kind.inputs.partitions:
+        raise ConfigError(f"partition={cfg.partition!r} does not fit {kind.inputs.name} "
+                          f"(dataset={cfg.dataset!r}): use one of "
+                          f"{', '.join(kind.inputs.partitions)}.")
+    if not knowledge.simplex and cfg.secure_aggregation:
+        # coordinator/secure.py quantizes each entry within [0, 1] (CLIPPING_RANGE): a
+        # forecast outside it would be clipped in the masked sum without a word
+        raise ConfigError(f"secure-aggregation=true quantizes values in [0, 1] "
+                          f"(probabilities); {knowledge.name} range wider and would be "
+                          "clipped: turn secure aggregation off for this task.")
+    if not knowledge.simplex and cfg.attack in POISONING_ATTACKS:
+        raise ConfigError(f"attack={cfg.attack!r} poisons class probabilities; "
+                          f"{knowledge.name} take only the faults {', '.join(ATTACKS[6:])}.")
+
+
+POISONING_ATTACKS = ATTACKS[1:6]  # flip ... adaptive: they rewrite probabilities
 
 
 def model_config(cfg: FedConfig, task: PreparedTask, family: str, size: str) -> ModelConfig:
     """The ModelConfig of a ``family`` model on ``task`` (as :func:`task_for` shaped it)."""
-    return ModelConfig(family=family, size=size, vocab_size=task.vocab_size,
-                       num_classes=task.num_classes, max_len=cfg.max_len,
-                       feature_dim=feature_dim(task), backbone=cfg.backbone,
-                       **task.kind.inputs.model_fields(task.public_x, cfg.patch_size))
+    fields = {"vocab_size": task.vocab_size, "num_classes": task.num_classes,
+              "max_len": cfg.max_len, "feature_dim": feature_dim(task),
+              "backbone": cfg.backbone}
+    # the inputs' own fields win: a window's length, not the text max-len, sizes a forecaster
+    fields.update(task.kind.inputs.model_fields(task.teacher_x, task.teacher_y, cfg))
+    return ModelConfig(family=family, size=size, **fields)
+
+
+def test_scores(task: PreparedTask, model: torch.nn.Module, device: torch.device, *,
+                x: Tensor | None = None, y: Tensor | None = None) -> dict[str, float]:
+    """Every metric of the task's knowledge for ``model`` on the test set (or ``x``, ``y``):
+    accuracy for classification; MSE and MAE of the forecasts for forecasting."""
+    from common.training import predict_logits
+
+    x, y = (task.test_x, task.test_y) if x is None or y is None else (x, y)
+    knowledge = task.kind.knowledge
+    rows = knowledge.from_outputs(predict_logits(model, x, device=device), 1.0)
+    return knowledge.scores(y.numpy(), rows.numpy())
 
 
 def feature_dim(task: PreparedTask) -> int:
     """The width of the features a probe reads (0 when the task holds token ids)."""
-    features = task.public_x.is_floating_point() and task.public_x.dim() == 2  # not images
+    # not images, not windows
+    features = task.public_x.is_floating_point() and task.public_x.dim() == 2
     return int(task.public_x.shape[1]) if features else 0

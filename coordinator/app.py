@@ -22,12 +22,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import decode_knowledge, payload_nbytes
+from common.distill.codec import payload_nbytes
 from common.errors import FedistillError, KnowledgeError
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
-from common.task import PreparedTask
-from common.training import evaluate_accuracy
+from common.task import PreparedTask, test_scores
+from common.task_kinds import Knowledge
 from coordinator.aggregation import aggregator_from_config
 from coordinator.checkpoint import (
     Checkpoint,
@@ -111,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
         save_checkpoint(ckpt_path, Checkpoint(run_id, rnd, teacher.state_dict(),
                                               capture_rng(rng, np_rng), history))
     torch.save(teacher.state_dict(), out / "teacher.pt")
-    write_summary(out, cfg, history)
+    write_summary(out, cfg, history, task.task)
 
 
 def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -123,10 +123,21 @@ def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Modul
                                            weights_only=True))
     else:
         pretrain_teacher(cfg, task, teacher, device)
-    acc = evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
-    log(INFO, "Round 0: teacher test accuracy %.4f (pre-trained on %s labeled examples)",
-        acc, len(task.teacher_x))
-    return {"round": 0, "teacher_accuracy": acc, "seconds": time.monotonic() - start}
+    record = _teacher_scores(task, teacher, device)
+    name = task.kind.knowledge.metric_name
+    log(INFO, "Round 0: teacher test %s %.4f (pre-trained on %s labeled examples)",
+        name, record[f"teacher_{name}"], len(task.teacher_x))
+    return {"round": 0, **record, "seconds": time.monotonic() - start}
+
+
+def _teacher_scores(task: PreparedTask, teacher: torch.nn.Module,
+                    device: torch.device) -> dict[str, Any]:
+    """The teacher's test scores as a record holds them: ``teacher_accuracy`` for
+    classification, ``teacher_mse`` and ``teacher_mae`` for forecasts; and which is the
+    main one (``metric``)."""
+    scores = test_scores(task, teacher, device)
+    return {"metric": task.kind.knowledge.metric_name,
+            **{f"teacher_{name}": value for name, value in scores.items()}}
 
 
 def _log_summary(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -165,7 +176,7 @@ class ClientOutcome:
 
     node_id: int | None
     meta: ReplyMeta  # what it said besides its soft labels, checked (common/protocol.py)
-    test_accuracy: float | None  # its student's, in evaluate rounds
+    test_accuracy: float | None  # its student's main test score, in evaluate rounds
 
     @property
     def client_id(self) -> str:
@@ -194,7 +205,7 @@ def _run_round(
     m = min(cfg.public_batch_size, len(task.public_x))
     indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
     public_x = task.public_x[torch.as_tensor(indices)]
-    teacher_probs = sent_soft_labels(cfg, teacher, public_x, device)
+    teacher_probs = sent_soft_labels(cfg, teacher, public_x, device, task.kind.knowledge)
     knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
@@ -234,9 +245,10 @@ def _run_round(
         "aggregate_sha256": _digest(outcome.aggregate),
         "seconds": time.monotonic() - start,
     })
-    log(INFO, "Round %s: teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
-        "(%.1fs)", rnd, record["teacher_accuracy"], record.get("ensemble_accuracy"),
-        record.get("student_accuracy_mean"), record["epsilon_max"], len(clients), len(sampled),
+    name = record["metric"]
+    log(INFO, "Round %s: %s teacher %.4f ensemble %s students %s eps_max %.3f replies %s/%s "
+        "(%.1fs)", rnd, name, record[f"teacher_{name}"], record.get(f"ensemble_{name}"),
+        record.get(f"student_{name}_mean"), record["epsilon_max"], len(clients), len(sampled),
         record["seconds"])
     return record
 
@@ -265,10 +277,11 @@ def _plain_outcome(grid: Grid, cfg: FedConfig, task: PreparedTask, sampled: list
         save_round_replies(Path(cfg.out_dir), plan.round, indices, [r.probs for r in valid],
                            [r.num_examples for r in valid], [r.client_id for r in valid])
     counts = [r.num_examples for r in valid]
-    aggregate = aggregator_from_config(cfg)([r.probs for r in valid], counts) if valid else None
+    rule = aggregator_from_config(cfg, simplex=task.kind.knowledge.simplex)
+    aggregate = rule([r.probs for r in valid], counts) if valid else None
     test_aggregate = None
     if plan.evaluate and valid:
-        test_aggregate = aggregator_from_config(cfg)([r.test_probs for r in valid], counts)
+        test_aggregate = rule([r.test_probs for r in valid], counts)
     y, metric = task.test_y.numpy(), task.kind.knowledge.metric
     clients = [ClientOutcome(r.node_id, r.meta,
                              None if r.test_probs is None else metric(y, r.test_probs))
@@ -282,19 +295,20 @@ def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: Prepared
                     sampled: list[int], plan: RoundPlan, indices: np.ndarray,
                     knowledge: dict[str, np.ndarray]) -> RoundOutcome:
     """SecAgg+ over the sampled nodes: the coordinator gets sums, never one reply."""
-    shapes = [(len(indices), task.num_classes)]
+    shapes = [(len(indices), task.width)]
     if plan.evaluate:
-        shapes.append((len(task.test_x), task.num_classes))
+        shapes.append((len(task.test_x), task.width))
     result = run_secure_round(grid, context, cfg, sampled, plan, indices, knowledge, shapes)
     if result is None:
         raise RoundFailedError(
             f"round {plan.round}: SecAgg+ halted: fewer clients than the reconstruction "
             f"threshold (secagg-threshold={cfg.secagg_threshold}) stayed in the protocol."
         )
-    aggregate, rejected = _checked_aggregate(result.aggregate, plan.round)
+    knowledge = task.kind.knowledge
+    aggregate, rejected = _checked_aggregate(result.aggregate, plan.round, knowledge)
     test_aggregate = None
     if result.test_aggregate is not None:
-        test_aggregate, _ = _checked_aggregate(result.test_aggregate, plan.round)
+        test_aggregate, _ = _checked_aggregate(result.test_aggregate, plan.round, knowledge)
     clients = [ClientOutcome(node, meta, meta.test_accuracy) for node, meta in result.clients]
     rejected += [{"node_id": None, "reason": f"metadata refused (its soft labels are in the "
                                              f"secure sum): {why}"} for why in result.invalid]
@@ -307,11 +321,12 @@ def _secure_outcome(grid: Grid, context: Context, cfg: FedConfig, task: Prepared
                         len(clients) * entries * MASKED_ENTRY_BYTES)
 
 
-def _checked_aggregate(aggregate: np.ndarray,
-                       rnd: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
-    """A secure sum off the simplex (a client sent garbage) is refused, not distilled."""
+def _checked_aggregate(aggregate: np.ndarray, rnd: int, knowledge: Knowledge,
+                       ) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+    """A secure sum that fails the knowledge's check (off the simplex, forecasts out of
+    bounds: a client sent garbage) is refused, not distilled."""
     try:
-        probs = decode_knowledge({"probs": aggregate.astype(np.float32)}, "float32",
+        probs = knowledge.decode({knowledge.key: aggregate.astype(np.float32)}, "float32",
                                  num_rows=aggregate.shape[0], num_classes=aggregate.shape[1])
     except KnowledgeError as exc:
         log(WARNING, "Round %s: the secure aggregate is refused: %s", rnd, exc.reason)
@@ -338,8 +353,9 @@ def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m:
         node_id = sent_to.get(reply.metadata.reply_to_message_id,
                               reply.metadata.src_node_id)
         result = validate_reply(reply, node_id=int(node_id), encoding=cfg.encoding, num_rows=m,
-                                num_classes=task.num_classes,
-                                num_test=len(task.test_x) if evaluate else None)
+                                num_classes=task.width,
+                                num_test=len(task.test_x) if evaluate else None,
+                                decode=task.kind.knowledge.decode)
         if isinstance(result, Rejection):
             log(WARNING, "Rejected the reply of node %s: %s", result.node_id, result.reason)
             rejected.append(result)
@@ -350,19 +366,19 @@ def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m:
 
 def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcome,
               evaluate: bool, device: torch.device) -> dict[str, Any]:
-    """Test accuracy of the teacher, and in evaluate rounds of the ensemble and students."""
-    record: dict[str, Any] = {
-        "teacher_accuracy": evaluate_accuracy(teacher, task.test_x, task.test_y, device=device)
-    }
+    """Test scores of the teacher, and in evaluate rounds of the ensemble and students
+    (keys named by the task's metric: ``teacher_accuracy``, or ``teacher_mse`` ...)."""
+    record = _teacher_scores(task, teacher, device)
     if not evaluate:
         return record
+    name = record["metric"]
     per_client = {c.client_id: c.test_accuracy for c in outcome.clients
                   if c.test_accuracy is not None}
     if outcome.test_aggregate is not None:
-        record["ensemble_accuracy"] = task.kind.knowledge.metric(task.test_y.numpy(),
-                                                                 outcome.test_aggregate)
-    record["student_accuracy"] = per_client
-    record["student_accuracy_mean"] = (float(np.mean(list(per_client.values())))
-                                       if per_client else None)
+        scores = task.kind.knowledge.scores(task.test_y.numpy(), outcome.test_aggregate)
+        record.update({f"ensemble_{key}": value for key, value in scores.items()})
+    record[f"student_{name}"] = per_client
+    record[f"student_{name}_mean"] = (float(np.mean(list(per_client.values())))
+                                      if per_client else None)
     record["students"] = {c.client_id: c.meta.student for c in outcome.clients}
     return record

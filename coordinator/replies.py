@@ -8,7 +8,7 @@ or a logged rejection carrying the node id.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ class ValidReply:
 
     node_id: int
     meta: ReplyMeta  # what the client says besides its soft labels (common/protocol.py)
-    probs: np.ndarray  # (m, C) soft labels on the public batch
+    probs: np.ndarray  # (m, C) soft labels (or (m, width) forecasts) on the public batch
     test_probs: np.ndarray | None  # (n_test, C) in evaluate rounds
     nbytes: int
 
@@ -62,16 +62,23 @@ class Rejection:
     reason: str
 
 
+# the task's knowledge decoder (common/task_kinds.py): probabilities or forecasts
+Decoder = Callable[..., np.ndarray]
+
+
 def validate_reply(
     reply: Message, *, node_id: int, encoding: str, num_rows: int, num_classes: int,
-    num_test: int | None,
+    num_test: int | None, decode: Decoder = decode_knowledge,
 ) -> ValidReply | Rejection:
-    """Decode and check one reply of node ``node_id``; any problem becomes a Rejection."""
+    """Decode and check one reply of node ``node_id``; any problem becomes a Rejection.
+
+    ``num_classes`` is the width of a knowledge row (classes, or forecast steps), and
+    ``decode`` the task's knowledge decoder (default: class probabilities)."""
     if not reply.has_content():
         why = _last_line(reply.error.reason) if reply.has_error() else "no content"
         return Rejection(node_id, f"client error: {why}")
     return validate_content(reply.content, node_id, encoding=encoding, num_rows=num_rows,
-                            num_classes=num_classes, num_test=num_test)
+                            num_classes=num_classes, num_test=num_test, decode=decode)
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]+: \S")
@@ -88,7 +95,7 @@ def _last_line(reason: str) -> str:
 
 def validate_content(
     content: RecordDict, node_id: int, *, encoding: str, num_rows: int, num_classes: int,
-    num_test: int | None,
+    num_test: int | None, decode: Decoder = decode_knowledge,
 ) -> ValidReply | Rejection:
     """The checks of :func:`validate_reply` on a reply's records (testable without Flower)."""
     info = content.config_records[INFO] if INFO in content.config_records else {}
@@ -96,12 +103,12 @@ def validate_content(
         return Rejection(node_id, f"refused by the node's policy: {str(info[REFUSED])[:64]}")
     try:
         arrays = from_array_record(content, SOFT_LABELS)
-        probs = decode_knowledge(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
+        probs = decode(arrays, encoding, num_rows=num_rows, num_classes=num_classes)
         test_probs = None
         if num_test is not None:
             test_arrays = from_array_record(content, TEST_SOFT_LABELS)
-            test_probs = decode_knowledge(test_arrays, "float16", num_rows=num_test,
-                                          num_classes=num_classes)
+            test_probs = decode(test_arrays, "float16", num_rows=num_test,
+                                num_classes=num_classes)
         meta = parse_plain_meta(content)
     except KnowledgeError as exc:
         return Rejection(node_id, exc.reason)

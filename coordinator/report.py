@@ -52,17 +52,23 @@ def rewrite_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     os.replace(tmp, out / "metrics.jsonl")
 
 
-def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's summary in the form every baseline also writes (README, summary.json)."""
+def build_summary(cfg: FedConfig, history: list[dict[str, Any]],
+                  task: str = "classification") -> dict[str, Any]:
+    """The run's summary in the form every baseline also writes (README, summary.json).
+
+    Scores are named by the task's metric (``metric``): ``teacher_accuracy`` ... for
+    classification, ``teacher_mse`` ... (and ``_mae``) for forecasting."""
     rounds = [r for r in history if r["round"] > 0]
     last = rounds[-1] if rounds else history[-1]
-    evaluated = [r for r in rounds if "ensemble_accuracy" in r]
+    name = history[0].get("metric", "accuracy")
+    evaluated = [r for r in rounds if f"ensemble_{name}" in r]
     final_eval = evaluated[-1] if evaluated else {}
     eps: dict[str, float] = {}
     for r in rounds:  # the latest ε each client reported
         eps.update(r.get("epsilon", {}))
     return {
-        "task": "classification",
+        "task": task,
+        "metric": name,
         "method": "federated-distillation" if cfg.private_training else "public-only",
         "dataset": cfg.dataset,
         "rounds": len(rounds),
@@ -72,13 +78,7 @@ def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, An
         "aggregation": cfg.aggregation,
         "encoding": cfg.encoding,
         "seed": cfg.seed,
-        "final": {
-            "teacher_accuracy_initial": history[0]["teacher_accuracy"],
-            "teacher_accuracy": last["teacher_accuracy"],
-            "ensemble_accuracy": final_eval.get("ensemble_accuracy"),
-            "student_accuracy_mean": final_eval.get("student_accuracy_mean"),
-            "student_accuracy": final_eval.get("student_accuracy", {}),
-        },
+        "final": _final(history[0], last, final_eval, name),
         "privacy": {
             "dp": cfg.dp and cfg.private_training,
             "delta": cfg.delta,
@@ -96,7 +96,24 @@ def build_summary(cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-def write_summary(out: Path, cfg: FedConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
-    summary = build_summary(cfg, history)
+def _final(first: dict[str, Any], last: dict[str, Any], final_eval: dict[str, Any],
+           name: str) -> dict[str, Any]:
+    """The final scores: the teacher's (and its round-0 main score), the ensemble's and the
+    students' of the last evaluate round."""
+    final = {f"teacher_{name}_initial": first[f"teacher_{name}"],
+             f"student_{name}_mean": final_eval.get(f"student_{name}_mean"),
+             f"student_{name}": final_eval.get(f"student_{name}", {})}
+    for key in last:
+        if key.startswith("teacher_") and key != "teacher_update":
+            final[key] = last[key]
+    for key in (k for k in final_eval if k.startswith("ensemble_")):
+        final[key] = final_eval[key]
+    final.setdefault(f"ensemble_{name}", None)
+    return final
+
+
+def write_summary(out: Path, cfg: FedConfig, history: list[dict[str, Any]],
+                  task: str = "classification") -> dict[str, Any]:
+    summary = build_summary(cfg, history, task)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary

@@ -5,6 +5,10 @@ labelled set. :func:`guarded_update` refuses, or rolls back, an update that woul
 collapse the teacher onto one class: a few bad or poisoned rounds must not turn the
 federation's model into a constant. With ``teacher-validation`` it also rolls back an
 update that lowers the teacher's accuracy on a held-out share of its own labels.
+
+Forecasts have no classes to collapse onto: their update is distilled on the aggregate
+(regression, the knowledge's MSE) and anchored on the labelled windows, and with
+``teacher-validation`` rolled back where it raises the MSE on the held-out windows.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch
 from common.config import FedConfig
 from common.distill.losses import soften
 from common.models import ModelConfig
-from common.task import PreparedTask, model_config, prepare_task, task_for
-from common.training import distill, evaluate_accuracy, predict_logits, train_supervised
+from common.task import PreparedTask, model_config, prepare_task, task_for, test_scores
+from common.task_kinds import Knowledge
+from common.training import distill, predict_logits, train_supervised
 from common.training.ddp import DataParallelSettings, spawn_train
 
 TEACHER_BATCH = 32  # the global batch of pre-training, on one device or several
@@ -32,9 +37,13 @@ def teacher_task(cfg: FedConfig) -> PreparedTask:
 
 
 def sent_soft_labels(cfg: FedConfig, teacher: torch.nn.Module, public_x: torch.Tensor,
-                     device: torch.device) -> torch.Tensor:
-    """The teacher's knowledge a round sends: its softened predictions on the batch."""
-    return soften(predict_logits(teacher, public_x, device=device), cfg.temperature)
+                     device: torch.device, knowledge: Knowledge | None = None) -> torch.Tensor:
+    """The teacher's knowledge a round sends: its softened predictions on the batch (its
+    forecasts, for a forecasting ``knowledge``)."""
+    outputs = predict_logits(teacher, public_x, device=device)
+    if knowledge is None:
+        return soften(outputs, cfg.temperature)
+    return knowledge.from_outputs(outputs, cfg.temperature)
 
 
 def pretrain_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -43,7 +52,8 @@ def pretrain_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Modul
     parallel over all of them (common/training/ddp.py) with the same global batch and
     optimiser, so the result follows the one-device run; otherwise in this process."""
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    if gpus > 1:
+    knowledge = task.kind.knowledge
+    if gpus > 1 and knowledge.simplex:  # the data-parallel loop trains on class ids
         settings = DataParallelSettings(epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
                                         global_batch=TEACHER_BATCH, seed=cfg.seed)
         spawn_train(teacher, task.teacher_x, task.teacher_y, settings, world=gpus,
@@ -51,7 +61,7 @@ def pretrain_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Modul
         return
     train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_epochs,
                      lr=cfg.teacher_lr, batch_size=TEACHER_BATCH, device=device,
-                     seed=cfg.seed)
+                     seed=cfg.seed, loss_fn=knowledge.criterion())
 
 
 def teacher_config(cfg: FedConfig, task: PreparedTask) -> ModelConfig:
@@ -70,6 +80,8 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     (``teacher-validation``), an update that lowers accuracy on it is rolled back too.
     Returns "applied" or why not.
     """
+    if not task.kind.knowledge.simplex:  # forecasts: no class to collapse onto
+        return _validated_update(cfg, task, teacher, public_x, aggregate, rnd, device)
     before = predict_logits(teacher, public_x, device=device).argmax(1).numpy()
     own = _largest_share(before, task.num_classes)
     if own >= cfg.collapse_share:
@@ -94,11 +106,28 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     return "applied"
 
 
+def _validated_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                      public_x: torch.Tensor, aggregate: np.ndarray, rnd: int,
+                      device: torch.device) -> str:
+    """The update, rolled back where it worsens the held-out score (if one is held out)."""
+    saved = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    held_out = _held_out_accuracy(teacher, task, device)
+    update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
+    after = _held_out_accuracy(teacher, task, device)
+    if held_out is not None and after is not None and task.kind.knowledge.better(held_out,
+                                                                                 after):
+        teacher.load_state_dict(saved)
+        return "rolled back: the update worsened the score on the held-out teacher labels"
+    return "applied"
+
+
 def _held_out_accuracy(teacher: torch.nn.Module, task: PreparedTask,
                        device: torch.device) -> float | None:
+    """The main test metric (accuracy; MSE for forecasts) on the held-out teacher labels."""
     if task.valid_x is None or task.valid_y is None:
         return None
-    return evaluate_accuracy(teacher, task.valid_x, task.valid_y, device=device)
+    scores = test_scores(task, teacher, device, x=task.valid_x, y=task.valid_y)
+    return scores[task.kind.knowledge.metric_name]
 
 
 def hold_out(cfg: FedConfig, task: PreparedTask) -> PreparedTask:
@@ -123,15 +152,17 @@ def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
                     device: torch.device) -> None:
     """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
     target = torch.as_tensor(aggregate, dtype=torch.float32)
-    if cfg.teacher_targets == "hard":  # the ensemble's decisions as pseudo-labels
+    knowledge = task.kind.knowledge
+    if cfg.teacher_targets == "hard" and knowledge.simplex:  # the ensemble's decisions
         train_supervised(teacher, public_x, target.argmax(dim=1),
                          epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
                          device=device, seed=cfg.seed + rnd)
     else:
         distill(teacher, public_x, target, temperature=cfg.temperature,
                 epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr, device=device,
-                seed=cfg.seed + rnd, loss_fn=task.kind.knowledge.loss)
+                seed=cfg.seed + rnd, loss_fn=knowledge.loss)
     # Anchor on the labeled teacher set so the teacher does not drift towards the
     # students' mistakes (its labels are the coordinator's own, not private).
     train_supervised(teacher, task.teacher_x, task.teacher_y, epochs=cfg.teacher_anchor_epochs,
-                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd)
+                     lr=cfg.teacher_distill_lr, device=device, seed=cfg.seed + rnd,
+                     loss_fn=knowledge.criterion())

@@ -12,6 +12,9 @@ float32 weights of the model, down and up, for every sampled client and round.
 - ``fedavg``: FedAvg of the first student family, local non-private epochs.
 - ``dp-fedavg``: FedAvg of students trained locally with the same Opacus DP-SGD, so that
   only what is exchanged (weights instead of soft labels) differs.
+
+Every task kind runs them: the loss is its knowledge's criterion (cross-entropy on class
+ids; MSE of forecasts) and the scores its metrics (accuracy; MSE and MAE).
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from rich.console import Console
 from common.config import FedConfig
 from common.device import resolve_device
 from common.errors import ConfigError
-from common.metrics import accuracy
 from common.models import build_model
 from common.privacy.accounting import epsilon_from_events
 from common.privacy.planner import NoisePlan, plan_noise
@@ -60,7 +62,8 @@ def run_baseline(name: str, cfg: FedConfig, *, console: Console | None = None) -
         "dp-fedavg": _fedavg,
     }[name]
     result = runner(cfg, task, parts, dp=name in ("centralized-dp", "local-only", "dp-fedavg"))
-    summary = baseline_summary(name, cfg, result, time.monotonic() - start)
+    summary = baseline_summary(name, cfg, result, time.monotonic() - start, task.task,
+                               task.kind.knowledge.metric_name)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -72,10 +75,12 @@ def _student(cfg: FedConfig, task: PreparedTask, family: str) -> torch.nn.Module
     return build_model(model_config(cfg, task, family, cfg.student_size))
 
 
-def _accuracy_and_probs(model: torch.nn.Module, task: PreparedTask,
-                        device: torch.device) -> tuple[float, np.ndarray]:
-    probs = torch.softmax(predict_logits(model, task.test_x, device=device), dim=1).numpy()
-    return accuracy(task.test_y.numpy(), probs), probs
+def _scores_and_rows(model: torch.nn.Module, task: PreparedTask,
+                     device: torch.device) -> tuple[dict[str, float], np.ndarray]:
+    """The model's test scores, and its test predictions as knowledge rows."""
+    knowledge = task.kind.knowledge
+    rows = knowledge.from_outputs(predict_logits(model, task.test_x, device=device), 1.0)
+    return knowledge.scores(task.test_y.numpy(), rows.numpy()), rows.numpy()
 
 
 def _plan(cfg: FedConfig, n: int) -> NoisePlan:
@@ -95,17 +100,19 @@ def _private_train(cfg: FedConfig, model: torch.nn.Module, x: torch.Tensor, y: t
                    seed: int) -> None:
     """DP-SGD as the clients run it, but on every trained layer (a from-scratch student's
     head alone would be a classifier on random features; a probe is all head), or no DP."""
+    criterion = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size,
+                             cfg.max_len).kind.knowledge.criterion()
     if dp:
         dp_train(model, x, y, noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
                  expected_batch_size=cfg.dp_batch_size, steps=steps, lr=cfg.dp_lr,
                  optimizer=cfg.dp_optimizer, trainable="all",
                  grad_sample_mode=cfg.grad_sample_mode,
                  max_physical_batch_size=cfg.max_physical_batch_size, device=device,
-                 seeds=fresh_seeds())
+                 seeds=fresh_seeds(), criterion=criterion)
     else:
         epochs = max(1, round(steps * cfg.dp_batch_size / max(len(x), 1)))
         train_supervised(model, x, y, epochs=epochs, lr=cfg.teacher_lr, device=device,
-                         batch_size=32, seed=seed)
+                         batch_size=32, seed=seed, loss_fn=criterion)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -120,9 +127,9 @@ def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ..
     model = _student(cfg, task, cfg.student_families[0])
     _private_train(cfg, model, x, y, dp=dp, steps=total,
                    sigma=plan.noise_multiplier if dp else 0.0, device=device, seed=cfg.seed)
-    acc, _ = _accuracy_and_probs(model, task, device)
+    scores, _ = _scores_and_rows(model, task, device)
     eps = _epsilon(cfg, plan) if dp else math.inf
-    return {"student_accuracy": {"centralized": acc}, "epsilon": {"centralized": eps},
+    return {"students": {"centralized": scores}, "epsilon": {"centralized": eps},
             "bytes_up": 0, "bytes_down": 0}
 
 
@@ -140,11 +147,11 @@ def local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...]
         _private_train(cfg, model, own.private_x[idx], own.private_y[idx], dp=dp,
                        steps=plan.total_event().steps, sigma=plan.noise_multiplier,
                        device=device, seed=cfg.seed + k)
-        accs[f"client-{k}"], p = _accuracy_and_probs(model, own, device)
+        accs[f"client-{k}"], p = _scores_and_rows(model, own, device)
         eps[f"client-{k}"] = _epsilon(cfg, plan) if dp else math.inf
         probs.append(p)
-    ensemble = accuracy(task.test_y.numpy(), np.mean(probs, axis=0))
-    return {"student_accuracy": accs, "epsilon": eps, "ensemble_accuracy": ensemble,
+    ensemble = task.kind.knowledge.scores(task.test_y.numpy(), np.mean(probs, axis=0))
+    return {"students": accs, "epsilon": eps, "ensemble": ensemble,
             "bytes_up": 0, "bytes_down": 0}
 
 
@@ -171,10 +178,10 @@ def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *
             weights.append(len(part))
             bytes_down, bytes_up = bytes_down + nbytes, bytes_up + nbytes
         global_model.load_state_dict(_weighted_average(states, weights))
-    acc, _ = _accuracy_and_probs(global_model, task, device)
+    scores, _ = _scores_and_rows(global_model, task, device)
     eps = {f"client-{k}": _epsilon(cfg, plan) if dp else math.inf
            for k, plan in enumerate(plans)}
-    return {"student_accuracy": {"global": acc}, "epsilon": eps, "bytes_up": bytes_up,
+    return {"students": {"global": scores}, "epsilon": eps, "bytes_up": bytes_up,
             "bytes_down": bytes_down}
 
 
@@ -190,26 +197,20 @@ def _weighted_average(states: list[dict[str, torch.Tensor]],
     return out
 
 
-def baseline_summary(name: str, cfg: FedConfig, result: dict[str, Any],
-                     seconds: float) -> dict[str, Any]:
-    accs = result["student_accuracy"]
+def baseline_summary(name: str, cfg: FedConfig, result: dict[str, Any], seconds: float,
+                     task: str = "classification", metric: str = "accuracy") -> dict[str, Any]:
     eps = result["epsilon"]
     finite = [e for e in eps.values() if math.isfinite(e)]
     return {
-        "task": "classification",
+        "task": task,
+        "metric": metric,
         "method": name,
         "dataset": cfg.dataset,
         "rounds": cfg.rounds,
         "clients": cfg.num_clients,
         "students": cfg.students,
         "seed": cfg.seed,
-        "final": {
-            "teacher_accuracy_initial": None,
-            "teacher_accuracy": None,
-            "ensemble_accuracy": result.get("ensemble_accuracy"),
-            "student_accuracy_mean": float(np.mean(list(accs.values()))),
-            "student_accuracy": accs,
-        },
+        "final": _final(result, metric),
         "privacy": {
             "dp": bool(finite),
             "delta": cfg.delta,
@@ -222,3 +223,17 @@ def baseline_summary(name: str, cfg: FedConfig, result: dict[str, Any],
         "communication": {"bytes_up": result["bytes_up"], "bytes_down": result["bytes_down"]},
         "wall_seconds": seconds,
     }
+
+
+def _final(result: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Scores in the form of a federated run's summary: no teacher; the ensemble's (where
+    there is one) and the students' main score, mean and per client; the others' means."""
+    students = result["students"]  # {client: {metric: score}}
+    final: dict[str, Any] = {f"teacher_{metric}_initial": None, f"teacher_{metric}": None,
+                             f"ensemble_{metric}": None,
+                             f"student_{metric}": {k: v[metric] for k, v in students.items()}}
+    for key in next(iter(students.values())):
+        final[f"student_{key}_mean"] = float(np.mean([v[key] for v in students.values()]))
+    for key, value in (result.get("ensemble") or {}).items():
+        final[f"ensemble_{key}"] = value
+    return final

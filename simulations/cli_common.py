@@ -59,9 +59,11 @@ def fresh_out_dir(out: Path) -> None:
 
 def describe(record: dict[str, Any]) -> str:
     """One line for a round's record in ``metrics.jsonl`` (the progress bar, node logs)."""
-    text = f"round {record['round']}: teacher {record['teacher_accuracy']:.3f}"
-    if "ensemble_accuracy" in record:
-        text += f" ensemble {record['ensemble_accuracy']:.3f}"
+    name = record.get("metric", "accuracy")  # forecasts: mse
+    label = "" if name == "accuracy" else f" {name}"
+    text = f"round {record['round']}:{label} teacher {record[f'teacher_{name}']:.3f}"
+    if f"ensemble_{name}" in record:
+        text += f" ensemble {record[f'ensemble_{name}']:.3f}"
     if "epsilon_max" in record:
         text += f" ε_max {record['epsilon_max']:.2f}"
     if record.get("round", 0) > 0:

@@ -1,5 +1,5 @@
 """The simple thing to beat: TF-IDF (or, for images, pixel) + logistic regression on the
-teacher's labels.
+teacher's labels; for forecasting, the seasonal-naive forecast (no training at all).
 
 ``fedistill simulate`` reports it beside the federation, on the same teacher labels and
 the same test set, so a user who brings a dataset sees at once whether the federation
@@ -17,6 +17,8 @@ from sklearn.linear_model import LogisticRegression
 
 from common.config import FedConfig
 from common.data import load_dataset
+from common.errors import DataError
+from common.metrics import mae, mse
 
 
 def tfidf_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
@@ -90,3 +92,66 @@ def _fit_and_score(texts: Any, labels: Any, test: Any) -> float:
                                                           labels)
     predicted = model.predict(vectorizer.transform(test.texts))
     return float(np.mean(predicted == np.asarray(test.labels)))
+
+
+def seasonal_naive_reference(cfg: FedConfig, *, pooled: bool = False) -> dict[str, Any]:
+    """MSE and MAE on the test windows of the seasonal-naive forecast: each step repeats
+    the target's value one ``season`` earlier (for an hourly series, the same hour of the
+    day before), in the same standardised units as the federation's scores. It needs no
+    labels, so ``pooled`` changes nothing (the argument keeps one signature for all)."""
+    del pooled
+    season = cfg.season or 24  # hourly series: the same hour of the day before
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    x, y = np.asarray(roles.test.features), np.asarray(roles.test.labels)  # (N,T,C), (N,H,O)
+    columns = list(roles.info["columns"])
+    targets = [columns.index(c) for c in roles.info["target_columns"]]
+    if x.shape[1] < season:
+        raise DataError(f"dataset={cfg.dataset!r}: input windows of {x.shape[1]} steps are "
+                        f"shorter than the season ({season}); lengthen input_len.")
+    last = x[:, -season:, :][:, :, targets]  # (N, season, O): the last season seen
+    steps = np.arange(y.shape[1]) % season
+    forecast = last[:, steps, :]  # (N, H, O)
+    return {"seasonal_naive_mse": mse(y, forecast), "seasonal_naive_mae": mae(y, forecast),
+            "season": season, "test_windows": len(y)}
+
+
+def linear_reference(cfg: FedConfig, *, pooled: bool = False,
+                     ridge: float = 1e-3) -> dict[str, Any]:
+    """MSE and MAE on the test windows of a ridge regression of the seasonal-naive residual
+    on the whole input window (closed form, no DP): the simple non-private forecaster,
+    fitted on the teacher's windows, and with ``pooled`` on the teacher's and every
+    private window together (a reference no private federation is owed)."""
+    roles = load_dataset(cfg.dataset, seed=cfg.seed)
+    season = cfg.season or 24
+    splits = (roles.teacher, roles.private) if pooled else (roles.teacher,)
+    out = {"teacher_windows": len(roles.teacher)}
+    for key, chosen in (("teacher_labels", splits[:1]), ("all_labels", splits)):
+        if key == "all_labels" and not pooled:
+            continue
+        x = np.concatenate([np.asarray(s.features) for s in chosen])
+        y = np.concatenate([np.asarray(s.labels) for s in chosen])
+        forecast = _ridge_forecast(x, y, np.asarray(roles.test.features), season, ridge)
+        test_y = np.asarray(roles.test.labels)
+        out[f"linear_{key}_mse"] = mse(test_y, forecast)
+        out[f"linear_{key}_mae"] = mae(test_y, forecast)
+    return out
+
+
+def _ridge_forecast(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, season: int,
+                    ridge: float) -> np.ndarray:
+    """Fit residual = W·window + b on (x, y); forecast the test windows (N, H, O)."""
+    def naive(w: np.ndarray) -> np.ndarray:
+        return w[:, -season:, -y.shape[2]:][:, np.arange(y.shape[1]) % season]
+
+    def design(w: np.ndarray) -> np.ndarray:
+        return np.concatenate([w.reshape(len(w), -1), np.ones((len(w), 1))], axis=1)
+
+    a, r = design(x), (y - naive(x)).reshape(len(y), -1)
+    weights = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ r)
+    return naive(test_x) + (design(test_x) @ weights).reshape(len(test_x), *y.shape[1:])
+
+
+def reference_for(task: str) -> Any:
+    """The reference of a dataset's task: TF-IDF, pixels or seasonal naive."""
+    return {"image": pixel_reference, "forecast": seasonal_naive_reference}.get(
+        task, tfidf_reference)

@@ -52,11 +52,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("measure")
     table.add_column("value", justify="right")
     final, privacy, comm = summary["final"], summary["privacy"], summary["communication"]
+    name = summary.get("metric", "accuracy")
+    more = [(f"{who} {key} (final)", final[f"{who}_{key}"]) for who in ("teacher", "ensemble")
+            for key in ("mae",) if f"{who}_{key}" in final]  # forecasts' second metric
     for label, value in [
-        ("teacher accuracy (initial)", final.get("teacher_accuracy_initial")),
-        ("teacher accuracy (final)", final.get("teacher_accuracy")),
-        ("ensemble accuracy", final.get("ensemble_accuracy")),
-        ("student accuracy (mean)", final.get("student_accuracy_mean")),
+        (f"teacher {name} (initial)", final.get(f"teacher_{name}_initial")),
+        (f"teacher {name} (final)", final.get(f"teacher_{name}")),
+        (f"ensemble {name}", final.get(f"ensemble_{name}")),
+        (f"student {name} (mean)", final.get(f"student_{name}_mean")),
+        *more,
         ("ε max / budget", f"{_fmt(privacy['epsilon_max'])} / {privacy['budget']}"),
         ("δ", f"{privacy['delta']:g}"),
         ("bytes up / down", f"{comm['bytes_up']:,} / {comm['bytes_down']:,}"),
@@ -70,6 +74,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if reference and key in reference:
             table.add_row(f"{model} on the teacher's {reference['teacher_labels']} labels",
                           _fmt(reference[key]))
+    for key in ("mse", "mae"):
+        if reference and f"seasonal_naive_{key}" in reference:
+            table.add_row(f"seasonal naive {key} (season {reference['season']})",
+                          _fmt(reference[f"seasonal_naive_{key}"]))
     return table
 
 
@@ -91,14 +99,16 @@ def plot_run(out: Path, records: list[dict[str, Any]], budget: float) -> list[Pa
     """Accuracy per round, ε per client, bytes per round, as PNG files in ``out``."""
     rounds = [r for r in records if r["round"] > 0]
     paths = [out / "accuracy.png", out / "epsilon.png", out / "bytes.png"]
+    name = records[0].get("metric", "accuracy") if records else "accuracy"
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["round"] for r in records], [r["teacher_accuracy"] for r in records], "o-",
+    ax.plot([r["round"] for r in records], [r[f"teacher_{name}"] for r in records], "o-",
             label="teacher")
-    ev = [r for r in rounds if "ensemble_accuracy" in r]
-    ax.plot([r["round"] for r in ev], [r["ensemble_accuracy"] for r in ev], "s-", label="ensemble")
-    ax.plot([r["round"] for r in ev], [r["student_accuracy_mean"] for r in ev], "^-",
+    ev = [r for r in rounds if f"ensemble_{name}" in r]
+    ax.plot([r["round"] for r in ev], [r[f"ensemble_{name}"] for r in ev], "s-",
+            label="ensemble")
+    ax.plot([r["round"] for r in ev], [r[f"student_{name}_mean"] for r in ev], "^-",
             label="students (mean)")
-    ax.set(xlabel="round", ylabel="test accuracy", title="Accuracy per round")
+    ax.set(xlabel="round", ylabel=f"test {name}", title=f"Test {name} per round")
     ax.legend()
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)

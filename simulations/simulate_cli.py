@@ -77,7 +77,7 @@ def _write_node_secrets(out: Path, secrets: dict[str, bytes]) -> None:
 
 def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) -> dict[str, Any]:
     from common.task import check_fits, prepare_features, prepare_task
-    from simulations.reference import pixel_reference, tfidf_reference
+    from simulations.reference import reference_for
     from simulations.report import finalize_summary, plot_run, read_metrics
     from simulations.runner import run_simulation
 
@@ -105,8 +105,7 @@ def _simulate(cfg: FedConfig, *, num_cpus: int, num_gpus: float, verbose: bool) 
         summary = run_simulation(cfg, num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
                                  on_record=on_record)
     out = Path(cfg.out_dir).resolve()
-    reference = pixel_reference if task.kind.inputs.name == "images" else tfidf_reference
-    summary["reference"] = reference(cfg)
+    summary["reference"] = reference_for(task.task)(cfg)
     summary = finalize_summary(out, summary)
     plot_run(out, read_metrics(out), cfg.epsilon)
     return summary

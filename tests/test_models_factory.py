@@ -46,6 +46,8 @@ def _config(family: str, **kwargs) -> ModelConfig:
 def _example_input(family: str) -> tuple[torch.Tensor, ...]:
     if family == "forecaster":
         return (torch.randn(2, 10, 3),)
+    if family == "forecast-mlp":  # reads exactly max_len steps
+        return (torch.randn(2, 16, 3),)
     if family in IMAGE_FAMILIES:
         return (torch.randn(2, 1, 8, 8),)
     if family in FEATURE_FAMILIES:

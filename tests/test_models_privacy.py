@@ -127,6 +127,12 @@ CASES = [
         "reg",
     ),
     Case(
+        "forecast-mlp",
+        dict(family="forecast-mlp", n_vars=3, horizon=2, n_out=2, max_len=T, dropout=0.0),
+        _forecast,
+        "reg",
+    ),
+    Case(
         "vit",
         dict(
             family="vit",
@@ -292,7 +298,7 @@ def _learnable(family: str, gen: torch.Generator, n: int):
         tgt = 3 + (start + 1 + torch.arange(T)) % (V - 3)
         tgt_in = torch.cat([torch.ones(n, 1, dtype=torch.long), tgt[:, :-1]], dim=1)
         return (src, tgt_in), tgt
-    if family == "forecaster":
+    if family in ("forecaster", "forecast-mlp"):
         # continue noisy sines of random phase
         phase = torch.rand(n, 1, 1, generator=gen) * 6.28
         steps = torch.arange(T + 2, dtype=torch.float32).view(1, -1, 1)

@@ -1,4 +1,5 @@
-"""The task kinds (common/task_kinds.py): text classification unchanged, images added.
+"""The task kinds (common/task_kinds.py): text classification unchanged, images and
+forecasts added (tests/test_forecast_knowledge.py has the forecasts' own checks).
 
 Text classification must prepare exactly what it prepared before the task kinds existed:
 the same tokenizer fingerprint and the same token ids, bit for bit (the digests below were
@@ -90,6 +91,15 @@ def test_a_family_that_cannot_read_the_inputs_is_refused_naming_the_choices() ->
         task_for(text, prepare_task("rotten-tomatoes", 0, 2000, 32), "vit")
 
 
-def test_a_task_without_class_probabilities_is_refused() -> None:
-    with pytest.raises(DataError, match="'forecast' dataset"):
-        prepare_task("seattle-temps", 0, 2000, 32)
+def test_a_task_without_a_knowledge_kind_is_refused() -> None:
+    with pytest.raises(DataError, match="'lm' dataset.*classification, image, forecast"):
+        prepare_task("python-docs", 0, 2000, 32)
+
+
+def test_seattle_temps_is_prepared_as_windows_with_forecast_knowledge() -> None:
+    task = prepare_task("seattle-temps", 0, 2000, 32)
+    assert (task.task, task.kind.inputs.name, task.kind.knowledge.name) == (
+        "forecast", "windows", "forecasts")
+    assert (task.width, task.num_classes, task.vocab_size, task.block_gap) == (24, 0, 0, 119)
+    assert tuple(task.public_x.shape[1:]) == (96, 1) and task.test_y.dtype == torch.float32
+    assert task.fingerprint == prepare_task("seattle-temps", 0, 6000, 40).fingerprint

@@ -15,6 +15,10 @@ client). The schemes follow the usual definitions:
 - ``natural``: whole groups (movie, module, week) go to clients, largest group first to
   the smallest client, so sizes stay balanced while no group is split.
 
+:func:`time_blocks` cuts the windows of a time series into contiguous stretches instead
+(forecasting): overlapping windows drawn at random would put one private row with
+several clients.
+
 Every scheme returns disjoint, complete, sorted int64 index arrays, each non-empty.
 """
 
@@ -90,6 +94,28 @@ def partition(
             f"example(s) (sizes {[len(p) for p in out]}); use fewer clients or another scheme."
         )
     return out
+
+
+def time_blocks(n: int, num_clients: int, *, gap: int, seed: int = 0) -> list[np.ndarray]:
+    """Windows ``0..n-1`` (in time order) cut into ``num_clients`` contiguous blocks.
+
+    ``gap`` windows are dropped before each block after the first, so that with
+    ``gap >= ceil((input_len + horizon - 1) / stride)`` no row of the series lies in the
+    windows of two clients: each client holds its own stretch of time, as a utility that
+    joined the federation with its own years of meter readings would. Which block goes
+    to which client is a permutation drawn from the public ``seed``, so client 0 does not
+    always hold the oldest stretch.
+    """
+    usable = n - gap * (num_clients - 1)
+    if gap < 0 or num_clients < 1 or usable < num_clients:
+        raise DataError(f"{n} windows do not make {num_clients} time blocks separated by "
+                        f"{gap} windows; use fewer clients or a longer private segment.")
+    sizes = [len(b) for b in np.array_split(np.arange(usable), num_clients)]
+    starts = np.cumsum([0, *[size + gap for size in sizes[:-1]]])
+    blocks = [np.arange(start, start + size, dtype=np.int64)
+              for start, size in zip(starts, sizes, strict=True)]
+    order = np.random.default_rng(seed).permutation(num_clients)
+    return [blocks[i] for i in order]
 
 
 def _labels_and_n(labels_or_n: np.ndarray | Sequence[int] | int) -> tuple[np.ndarray | None, int]:

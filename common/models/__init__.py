@@ -27,6 +27,7 @@ from common.models.factory import (
     CLASSIFIER_FAMILIES,
     FAMILIES,
     FEATURE_FAMILIES,
+    FORECAST_FAMILIES,
     GHOST_FAMILIES,
     IMAGE_FAMILIES,
     SIZES,
@@ -36,7 +37,7 @@ from common.models.factory import (
     build_model,
     count_parameters,
 )
-from common.models.forecaster import ForecastMSELoss, TimeSeriesForecaster
+from common.models.forecaster import ForecastMLP, ForecastMSELoss, TimeSeriesForecaster
 from common.models.heads import FeatureClassifier
 from common.models.positional import (
     LearnedPositionalEmbedding,
@@ -59,6 +60,8 @@ __all__ = [
     "FEATURE_FAMILIES",
     "FeatureClassifier",
     "FeedForward",
+    "FORECAST_FAMILIES",
+    "ForecastMLP",
     "ForecastMSELoss",
     "GHOST_FAMILIES",
     "GPT",

@@ -18,7 +18,7 @@ from common.errors import ConfigError
 from common.models.blocks import NORMS, TransformerSettings
 from common.models.cnn import CNNImageClassifier, CNNTextClassifier
 from common.models.encoder import EncoderClassifier
-from common.models.forecaster import TimeSeriesForecaster
+from common.models.forecaster import ForecastMLP, TimeSeriesForecaster
 from common.models.heads import FeatureClassifier
 from common.models.positional import POSITIONAL_KINDS
 from common.models.pretrained import resolve_backbone
@@ -27,10 +27,12 @@ from common.models.seq2seq import Seq2SeqTransformer
 from common.models.transformer import GPT, POOLINGS, TransformerClassifier
 from common.models.vision import VisionTransformer
 
-FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "vit", "lstm", "lstm-lm", "cnn",
-            "image-cnn", "probe", "probe-mlp", "encoder")
+FAMILIES = ("transformer", "gpt", "seq2seq", "forecaster", "forecast-mlp", "vit", "lstm",
+            "lstm-lm", "cnn", "image-cnn", "probe", "probe-mlp", "encoder")
 TEXT_FAMILIES = ("transformer", "gpt", "seq2seq", "lstm", "lstm-lm", "cnn")
 IMAGE_FAMILIES = ("vit", "image-cnn")  # read images (B, channels, image_size, image_size)
+# read windows (B, max_len, n_vars) of a series and forecast (B, horizon, n_out)
+FORECAST_FAMILIES = ("forecaster", "forecast-mlp")
 # heads on the features of a frozen pretrained encoder (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
 # the pretrained encoder itself, fine-tuned (common/models/encoder.py)
@@ -75,7 +77,8 @@ class ModelConfig:
     size: str = "tiny"  # preset in SIZES
     vocab_size: int = 0  # text families: tokens including pad/bos/eos (required, >= 2)
     num_classes: int = 0  # classifier families: number of labels (required, >= 2)
-    max_len: int = 128  # longest token sequence (forecaster: longest input window)
+    max_len: int = 128  # longest token sequence (forecaster: longest input window;
+    #                     forecast-mlp: the input window's length)
     pad_id: int = 0  # padding token; masks are derived from input_ids != pad_id
     bos_id: int = 1  # seq2seq: decoder start token
     eos_id: int = 2  # seq2seq: end of target
@@ -86,6 +89,10 @@ class ModelConfig:
     n_vars: int = 1  # forecaster: input variables per time step
     horizon: int = 1  # forecaster: steps to predict
     n_out: int | None = None  # forecaster: predicted variables (None = n_vars)
+    season: int = 0  # forecast families: add the seasonal-naive forecast of this period
+    #                  (the last n_out variables, one period back; 0 = none; <= max_len)
+    output_scale: float = 1.0  # forecast families: the learned part's scale (> 0)
+    center: bool = False  # forecast families: the learned part reads windows minus their mean
     feature_dim: int = 0  # probe, probe-mlp: width of the encoder's features (required)
     backbone: str = ""  # encoder: the pretrained checkpoint's spec (minilm, hf:...)
     image_size: int = 28  # vit, image-cnn: square images of image_size x image_size
@@ -123,7 +130,7 @@ class ModelConfig:
         positive = ["max_len", "n_vars", "horizon", "image_size", "channels", "patch_size"]
         optional = ["n_out", "d_model", "n_layers", "n_heads", "d_ff"]
         non_negative = ["vocab_size", "num_classes", "pad_id", "bos_id", "eos_id",
-                        "feature_dim"]
+                        "feature_dim", "season"]
         for key in positive + optional + non_negative:
             value = getattr(self, key)
             if value is None and key in optional:
@@ -156,6 +163,11 @@ class ModelConfig:
                     raise _fail(key, value, "it must be < vocab_size and differ from pad_id")
             if self.bos_id == self.eos_id:
                 raise _fail("eos_id", self.eos_id, "it must differ from bos_id")
+        if not isinstance(self.output_scale, int | float) or not self.output_scale > 0:
+            raise _fail("output_scale", self.output_scale, "use a number > 0")
+        if self.season > self.max_len:
+            raise _fail("season", self.season, f"it must be <= max_len={self.max_len} (the "
+                        "input window must hold one period)")
         if self.family == "vit" and self.image_size % self.patch_size:
             raise _fail(
                 "patch_size", self.patch_size, f"it must divide image_size={self.image_size}"
@@ -212,7 +224,13 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     ),
     "forecaster": lambda c: TimeSeriesForecaster(
         c.n_vars, c.horizon, c.n_out if c.n_out is not None else c.n_vars, c.max_len,
-        transformer_settings(c),
+        transformer_settings(c), season=c.season, output_scale=c.output_scale,
+        center=c.center,
+    ),
+    "forecast-mlp": lambda c: ForecastMLP(
+        c.n_vars, c.max_len, c.horizon, c.n_out if c.n_out is not None else c.n_vars,
+        hidden=c.dims.d_model * 2, dropout=c.dropout, season=c.season,
+        output_scale=c.output_scale, center=c.center,
     ),
     "vit": lambda c: VisionTransformer(
         c.image_size, c.channels, c.patch_size, c.num_classes, transformer_settings(c),

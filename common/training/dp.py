@@ -67,6 +67,7 @@ def dp_train(
     device: torch.device,
     seeds: DpSeeds,
     adapter_rank: int = 4,
+    criterion: nn.Module | None = None,
 ) -> DpTrainResult:
     """Train ``model`` in place with DP-SGD for exactly ``steps`` logical steps.
 
@@ -75,6 +76,8 @@ def dp_train(
     ``trainable="adapters"`` trains rank-``adapter_rank`` LoRA updates of the body's
     linear layers and the head, then folds them into the weights (common/training/adapters).
     ``seeds`` come from the node's secret (sampling and noise; see the module docstring).
+    ``criterion`` is the task's loss (cross-entropy on class ids by default); ghost
+    clipping needs one that gives a loss per example when its reduction is "none".
     """
     q, _ = steps_per_epoch(len(x), expected_batch_size)
     if steps <= 0:
@@ -103,13 +106,13 @@ def dp_train(
             poisson_sampling=True,
             noise_generator=torch.Generator(device=device).manual_seed(seeds.noise),
             grad_sample_mode=grad_sample_mode,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=criterion or nn.CrossEntropyLoss(),
         )
     if grad_sample_mode == "ghost":
         gm, dp_opt, criterion, dp_loader = private
     else:
         gm, dp_opt, dp_loader = private
-        criterion = nn.CrossEntropyLoss()
+        criterion = criterion or nn.CrossEntropyLoss()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         losses = _run_steps(gm, dp_opt, criterion, dp_loader, steps, max_physical_batch_size,

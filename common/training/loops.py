@@ -31,8 +31,10 @@ def train_supervised(
     device: torch.device,
     seed: int = 0,
     weight_decay: float = 0.01,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
 ) -> list[float]:
-    """Plain (non-private) cross-entropy training; returns the mean loss per epoch."""
+    """Plain (non-private) supervised training with ``loss_fn`` (the task's criterion;
+    cross-entropy on class ids by default); returns the mean loss per epoch."""
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -41,7 +43,7 @@ def train_supervised(
         total, count = 0.0, 0
         for idx in _batches(len(x), batch_size, gen):
             xb, yb = x[idx].to(device), y[idx].to(device)
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -80,8 +80,12 @@ def get_aggregator(name: str, **params: Any) -> Aggregator:
     return aggregator
 
 
-def aggregator_from_config(cfg: FedConfig) -> Aggregator:
+def aggregator_from_config(cfg: FedConfig, *, simplex: bool = True) -> Aggregator:
     """The rule ``cfg.aggregation`` with its parameters taken from ``cfg``.
+
+    ``simplex=False`` (forecasts) leaves the aggregate's rows as the rule computes them;
+    only the coordinate-wise rules take it (common/task.py ``check_fits`` refuses the
+    others for forecasts before a run starts).
 
     The one place that maps run-config keys (``trim-fraction``, ``dsfl-temperature``,
     ``filter-ratio``, ``filter-min-entropy``) onto rule parameters; see
@@ -94,4 +98,6 @@ def aggregator_from_config(cfg: FedConfig) -> Aggregator:
     """
     mapping = CONFIG_PARAMS.get(cfg.aggregation, {})
     params = {param: getattr(cfg, field) for param, field in mapping.items()}
+    if not simplex:
+        params["simplex"] = False
     return get_aggregator(cfg.aggregation, **params)

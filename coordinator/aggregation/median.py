@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator.aggregation.utils import renormalise_rows, stack_replies
+from coordinator.aggregation.utils import finish, stack_replies
 
 __all__ = ["Median", "median"]
 
 
-def median(replies: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
+def median(replies: Sequence[np.ndarray], counts: Sequence[int], *,
+           simplex: bool = True) -> np.ndarray:
     """Coordinate-wise median over K (m, C) replies, rows renormalised.
 
     The coordinate-wise median tolerates fewer than half of the replies being arbitrary
@@ -21,12 +22,14 @@ def median(replies: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
     renormalisation; an all-zero row becomes uniform (see ``renormalise_rows``).
     """
     stacked = stack_replies(replies, counts)  # (K, m, C)
-    return renormalise_rows(np.median(stacked, axis=0))
+    return finish(np.median(stacked, axis=0), simplex)
 
 
 @dataclass(frozen=True)
 class Median:
-    """The :func:`median` rule as an ``Aggregator`` (no parameters)."""
+    """The :func:`median` rule as an ``Aggregator``; ``simplex=False`` for forecasts."""
+
+    simplex: bool = True
 
     def __call__(self, replies: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
-        return median(replies, counts)
+        return median(replies, counts, simplex=self.simplex)

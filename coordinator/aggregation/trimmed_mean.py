@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import ConfigError
-from coordinator.aggregation.utils import renormalise_rows, stack_replies
+from coordinator.aggregation.utils import finish, stack_replies
 
 __all__ = ["TrimmedMean", "trimmed_mean"]
 
@@ -28,7 +28,8 @@ def _check_trim_fraction(trim_fraction: float) -> None:
 
 
 def trimmed_mean(
-    replies: Sequence[np.ndarray], counts: Sequence[int], *, trim_fraction: float = 0.1
+    replies: Sequence[np.ndarray], counts: Sequence[int], *, trim_fraction: float = 0.1,
+    simplex: bool = True,
 ) -> np.ndarray:
     """Per coordinate, drop the ``floor(trim_fraction · K)`` lowest and highest of the K
     values and average the rest; rows renormalised.
@@ -49,7 +50,7 @@ def trimmed_mean(
     cut = math.floor(trim_fraction * num_replies)
     ordered = np.sort(stacked, axis=0)  # sorted over clients, per coordinate
     kept = ordered[cut : num_replies - cut]  # (K - 2 cut, m, C), never empty
-    return renormalise_rows(kept.mean(axis=0))
+    return finish(kept.mean(axis=0), simplex)
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,11 @@ class TrimmedMean:
     """
 
     trim_fraction: float = 0.1
+    simplex: bool = True  # False for forecasts: no renormalisation
 
     def __post_init__(self) -> None:
         _check_trim_fraction(self.trim_fraction)
 
     def __call__(self, replies: Sequence[np.ndarray], counts: Sequence[int]) -> np.ndarray:
-        return trimmed_mean(replies, counts, trim_fraction=self.trim_fraction)
+        return trimmed_mean(replies, counts, trim_fraction=self.trim_fraction,
+                            simplex=self.simplex)

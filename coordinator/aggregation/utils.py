@@ -1,4 +1,9 @@
-"""Helpers shared by the aggregation rules: input checks and snapping onto the simplex."""
+"""Helpers shared by the aggregation rules: input checks and snapping onto the simplex.
+
+The coordinate-wise rules (mean, weighted mean, median, trimmed mean) also combine
+forecasts, rows of real numbers; :func:`finish` puts an aggregate back on the simplex only
+where the rows are probabilities (``simplex=True``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["renormalise_rows", "stack_replies", "weights_from_counts"]
+__all__ = ["finish", "renormalise_rows", "stack_replies", "weights_from_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +66,9 @@ def renormalise_rows(aggregate: np.ndarray) -> np.ndarray:
         clipped[empty] = 1.0
         sums[empty] = clipped.shape[1]
     return (clipped / sums).astype(np.float32)
+
+
+def finish(aggregate: np.ndarray, simplex: bool) -> np.ndarray:
+    """Rows of probabilities renormalised (:func:`renormalise_rows`); forecasts as they
+    are, float32."""
+    return renormalise_rows(aggregate) if simplex else aggregate.astype(np.float32)

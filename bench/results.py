@@ -233,18 +233,19 @@ def tuning_table(path: Path) -> list[str]:
     if not path.exists():
         return []
     data = json.loads(path.read_text())
+    forecast = any(row.get("metric") == "mse" for row in data["rows"])
+    fmt, scale = ((results_forecast.mse, "test MSE ×10⁻⁴") if forecast else
+                  (_fmt, "differences under about 1.5 points are noise"))
     lines = [f"**What was tried** (single runs of `python -m bench.tune --preset "
              f"{data['preset']} --set ...`: the real apps in one process, seed as shown; "
-             "differences under about 1.5 points are noise):", "",
+             f"{scale}):", "",
              "| overrides | seed | teacher (initial → final) | ensemble | students |",
              "|---|---|---|---|---|"]
-    if any(row.get("metric") == "mse" for row in data["rows"]):
-        return results_forecast.tuning_lines(data)
     for row in data["rows"]:
         sets = ", ".join(f"`{s}`" for s in row["sets"]) or "none (the preset)"
-        lines.append(f"| {sets} | {row['seed']} | {_fmt(row['teacher'][0])} → "
-                     f"{_fmt(row['teacher'][-1])} | {_fmt(row['ensemble'])} | "
-                     f"{_fmt(row['students'])} |")
+        lines.append(f"| {sets} | {row['seed']} | {fmt(row['teacher'][0])} → "
+                     f"{fmt(row['teacher'][-1])} | {fmt(row['ensemble'])} | "
+                     f"{fmt(row['students'])} |")
     return lines + [""]
 
 

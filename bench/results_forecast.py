@@ -26,7 +26,7 @@ def is_forecast(rows: list[dict[str, Any]]) -> bool:
     return any(r.get("metric") == "mse" for r in rows)
 
 
-def _mse(x: float | None) -> str:
+def mse(x: float | None) -> str:
     return "—" if x is None else f"{x / MSE_UNIT:.2f}"
 
 
@@ -49,13 +49,13 @@ def section(preset: str, rows: list[dict[str, Any]], header: list[str]) -> list[
     linear = _linear(rows)
     out += ["", f"**Seasonal naive** (each step repeats the value of the same hour the day "
                 f"before; no training, no private data) on the same {naive['test_windows']:,} "
-                f"test windows: MSE {_mse(naive['seasonal_naive_mse'])}, MAE "
+                f"test windows: MSE {mse(naive['seasonal_naive_mse'])}, MAE "
                 f"{_mae(naive['seasonal_naive_mae'])}. **Ridge regression** of what seasonal "
                 "naive misses on the whole input window (closed form, ridge 10⁻³·n, no DP): "
                 f"on the teacher's {linear['teacher_windows']} labelled windows MSE "
-                f"{_mse(linear['linear_teacher_labels_mse'])}, MAE "
+                f"{mse(linear['linear_teacher_labels_mse'])}, MAE "
                 f"{_mae(linear['linear_teacher_labels_mae'])}; on those and every private "
-                f"window pooled MSE {_mse(linear['linear_all_labels_mse'])}, MAE "
+                f"window pooled MSE {mse(linear['linear_all_labels_mse'])}, MAE "
                 f"{_mae(linear['linear_all_labels_mae'])}.", ""]
     out += contribution(rows)
     out += targets(rows, naive["seasonal_naive_mse"])
@@ -74,7 +74,7 @@ def contribution(rows: list[dict[str, Any]]) -> list[str]:
     cells = []
     for key in ("teacher_mse", "ensemble_mse", "student_mse_mean"):
         mean, lo, hi = mean_interval([fd[key] - po[key] for fd, po in paired])
-        cells.append(_mse(mean) + ("" if np.isnan(lo) else f" [{_mse(lo)}, {_mse(hi)}]"))
+        cells.append(mse(mean) + ("" if np.isnan(lo) else f" [{mse(lo)}, {mse(hi)}]"))
     return ["**Private contribution** = federated distillation at ε = 8 − the public-only "
             "ablation of the same seed (test MSE ×10⁻⁴; negative = the private windows "
             "helped; mean over seeds and 95% Student-t interval):", "",
@@ -85,11 +85,11 @@ def contribution(rows: list[dict[str, Any]]) -> list[str]:
 def _row(row: dict[str, Any]) -> str:
     f, p, c = row["final"], row["privacy"], row["communication"]
     teacher = ("—" if f.get("teacher_mse") is None else
-               f"{_mse(f['teacher_mse_initial'])} → {_mse(f['teacher_mse'])}")
+               f"{mse(f['teacher_mse_initial'])} → {mse(f['teacher_mse'])}")
     eps = "∞ (no DP)" if p.get("epsilon_max") is None else f"{p['epsilon_max']:.2f}"
     return (f"| {row['method']} | {row['seed']} | {row.get('private_step', '—')} | {teacher} "
-            f"| {_mse(f.get('ensemble_mse'))} | {_mae(f.get('ensemble_mae'))} | "
-            f"{_mse(f.get('student_mse_mean'))} | {eps} ({p['budget']}) | {p['delta']:g} | "
+            f"| {mse(f.get('ensemble_mse'))} | {_mae(f.get('ensemble_mae'))} | "
+            f"{mse(f.get('student_mse_mean'))} | {eps} ({p['budget']}) | {p['delta']:g} | "
             f"{c['bytes_up']:,} | {c['bytes_down']:,} | {row['wall_seconds']:.0f} |")
 
 
@@ -115,7 +115,7 @@ def _values(rows: list[dict[str, Any]], method: str, key: str) -> list[float]:
 
 def _interval(values: list[float]) -> str:
     mean, lo, hi = mean_interval(values)
-    return _mse(mean) + ("" if np.isnan(lo) else f" [{_mse(lo)}, {_mse(hi)}]")
+    return mse(mean) + ("" if np.isnan(lo) else f" [{mse(lo)}, {mse(hi)}]")
 
 
 def targets(rows: list[dict[str, Any]], naive: float) -> list[str]:
@@ -143,20 +143,5 @@ def targets(rows: list[dict[str, Any]], naive: float) -> list[str]:
                    "yes on the mean; the interval reaches above the bar" if mean < bar else
                    f"**no** ({gap:+.0f}% MSE)")
             out.append(f"| {what} at ε = 8 below {name} | {_interval(values)} | "
-                       f"{_mse(bar)} | {met} |")
-    return out + [""]
-
-
-def tuning_lines(data: dict[str, Any]) -> list[str]:
-    """bench/tune.py's single in-process runs of a forecasting preset, MSE ×10⁻⁴."""
-    out = [f"**What was tried** (single runs of `python -m bench.tune --preset "
-           f"{data['preset']} --set ...`: the real apps in one process, seed as shown; test "
-           "MSE ×10⁻⁴):", "",
-           "| overrides | seed | teacher (initial → final) | ensemble | students |",
-           "|---|---|---|---|---|"]
-    for row in data["rows"]:
-        sets = ", ".join(f"`{s}`" for s in row["sets"]) or "none (the preset)"
-        out.append(f"| {sets} | {row['seed']} | {_mse(row['teacher'][0])} → "
-                   f"{_mse(row['teacher'][-1])} | {_mse(row['ensemble'])} | "
-                   f"{_mse(row['students'])} |")
+                       f"{mse(bar)} | {met} |")
     return out + [""]

@@ -20,6 +20,8 @@ from common.training import distill, dp_train
 CPU = torch.device("cpu")
 POLICY = NodePolicy(epsilon=100.0, delta=1e-5, require_secure_aggregation=False)
 
+CE = torch.nn.CrossEntropyLoss()  # the criterion of a classification task
+
 
 def _toy(n: int = 64, t: int = 8, vocab: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
@@ -42,7 +44,7 @@ def test_client_declines_the_round_that_would_pass_its_budget(tmp_path: Path) ->
     for rnd in range(1, 41):
         plan = RoundPlan(rnd, "run-a", 40, "fp", False)
         out = _private_round(cfg, plan, state, student, x, y, policy=POLICY, device=CPU,
-                             client_id="c0")
+                             client_id="c0", criterion=CE)
         eps = state.ledger.epsilon(delta=cfg.delta, accountant=cfg.accountant)
         assert eps <= cfg.epsilon  # no ledger ever passes the budget
         outcomes.append((out.declined, out.steps, eps, out.reason))
@@ -64,9 +66,9 @@ def test_retry_of_a_recorded_round_never_spends_twice(tmp_path: Path) -> None:
     x, y = _toy()
     plan = RoundPlan(1, "run-b", 3, "fp", False)
     first = _private_round(cfg, plan, state, _student(), x, y, policy=POLICY, device=CPU,
-                           client_id="c0")
+                           client_id="c0", criterion=CE)
     again = _private_round(cfg, plan, state, _student(), x, y, policy=POLICY, device=CPU,
-                           client_id="c0")
+                           client_id="c0", criterion=CE)
     assert not first.declined and first.steps > 0
     assert again.declined and again.steps == 0 and again.reason == Refusal.ALREADY_SPENT
     assert len(state.ledger.events()) == 1
@@ -82,7 +84,7 @@ def test_public_distillation_costs_no_epsilon(tmp_path: Path) -> None:
     assert state.ledger.events() == []
     plan = RoundPlan(1, "run-c", 1, "fp", False)
     out = _private_round(cfg, plan, state, student, x, y, policy=POLICY, device=CPU,
-                         client_id="c0")
+                         client_id="c0", criterion=CE)
     sigma, steps = out.sigma, out.steps
     distill(student, x, soft, temperature=2.0, epochs=3, lr=1e-3, device=CPU)
     events = state.ledger.events()

@@ -46,6 +46,8 @@ from simulations.inprocess import FIRST_NODE_ID
 CPU = torch.device("cpu")
 OPEN = NodePolicy(epsilon=100.0, delta=1e-5, require_secure_aggregation=False)
 
+CE = torch.nn.CrossEntropyLoss()  # the criterion of a classification task
+
 
 class Recorder(nn.Module):
     """A tiny classifier that records the example ids of every batch it sees.
@@ -85,7 +87,7 @@ def _client_batches(state: ClientState, cfg: FedConfig, plan: RoundPlan,
     Recorder.seen.clear()
     x, y = _ids(n)
     out = _private_round(cfg, plan, state, Recorder(n), x, y, policy=OPEN, device=CPU,
-                         client_id="c0")
+                         client_id="c0", criterion=CE)
     assert not out.declined and out.steps > 0
     return [b for b in Recorder.seen if b]
 
@@ -175,7 +177,7 @@ def test_the_recorded_q_follows_the_data_when_it_changes_mid_run(tmp_path: Path)
     for rnd, n in ((1, 64), (2, 48)):  # a node whose data shrank between two rounds
         x, y = _ids(n)
         out = _private_round(cfg, RoundPlan(rnd, "run-q", 3, "fp", False), state, Recorder(n),
-                             x, y, policy=OPEN, device=CPU, client_id="c0")
+                             x, y, policy=OPEN, device=CPU, client_id="c0", criterion=CE)
         assert not out.declined
     assert [e.sample_rate for e in state.ledger.events()] == [1 / 4, 1 / 3]
 
@@ -203,7 +205,7 @@ def test_a_run_cannot_switch_dp_off_on_a_node_that_forbids_it(tmp_path: Path) ->
     before = _trained(model)
     out = _private_round(cfg, RoundPlan(1, "r", 1, "fp", False), state, model, x, y,
                          policy=NodePolicy(require_secure_aggregation=False), device=CPU,
-                         client_id="c0")
+                         client_id="c0", criterion=CE)
     assert out.declined and out.reason == Refusal.NON_DP
     assert torch.equal(_trained(model), before)  # the private data was not touched
     assert not state.trained_without_dp()
@@ -215,7 +217,8 @@ def test_non_dp_training_where_allowed_makes_the_reported_epsilon_infinite(
     state = ClientState(tmp_path / "c")
     x, y = _ids(64)
     out = _private_round(cfg, RoundPlan(1, "r", 1, "fp", False), state, Recorder(64), x, y,
-                         policy=NodePolicy(allow_non_dp=True), device=CPU, client_id="c0")
+                         policy=NodePolicy(allow_non_dp=True), device=CPU, client_id="c0",
+                         criterion=CE)
     assert out.non_private and not out.declined
     assert ClientState(tmp_path / "c").trained_without_dp()  # for good, across restarts
     meta = ReplyMeta(client_id="c0", student="cnn", epsilon=state.ledger.epsilon(), weight=1,
@@ -233,7 +236,7 @@ def test_the_run_config_cannot_raise_the_nodes_budget(tmp_path: Path) -> None:
     x, y = _ids(64)
     policy = NodePolicy(epsilon=2.0, require_secure_aggregation=False)
     outcomes = [_private_round(cfg, RoundPlan(r, "r", 50, "fp", False), state, Recorder(64),
-                               x, y, policy=policy, device=CPU, client_id="c0")
+                               x, y, policy=policy, device=CPU, client_id="c0", criterion=CE)
                 for r in range(1, 6)]
     assert outcomes[-1].declined and outcomes[-1].reason == Refusal.BUDGET
     assert state.ledger.epsilon() <= 2.0
@@ -248,13 +251,13 @@ def test_a_larger_delta_in_a_later_run_does_not_free_a_spent_budget(tmp_path: Pa
     rnd = 0
     while not _private_round(cfg, RoundPlan(rnd := rnd + 1, "run-1", 50, "fp", False), state,
                              Recorder(64), x, y, policy=strict, device=CPU,
-                             client_id="c0").declined:
+                             client_id="c0", criterion=CE).declined:
         pass
     spent = state.ledger.epsilon()
     assert len(state.ledger.events()) == 4
     loose = NodePolicy(epsilon=2.0, delta=1e-3, require_secure_aggregation=False)
     out = _private_round(cfg, RoundPlan(1, "run-2", 50, "fp", False), state, Recorder(64), x,
-                         y, policy=loose, device=CPU, client_id="c0")
+                         y, policy=loose, device=CPU, client_id="c0", criterion=CE)
     assert out.declined and out.reason == Refusal.BUDGET  # δ=1e-3 would have "freed" ε
     assert state.ledger.delta() == 1e-6 and state.ledger.epsilon() == spent
     with pytest.raises(LedgerError, match="δ"):
@@ -268,7 +271,7 @@ def test_delta_must_stay_below_one_over_ten_n(tmp_path: Path) -> None:
     out = _private_round(cfg, RoundPlan(1, "r", 1, "fp", False), ClientState(tmp_path / "c"),
                          Recorder(64), x, y,
                          policy=NodePolicy(delta=2e-3, require_secure_aggregation=False),
-                         device=CPU, client_id="c0")
+                         device=CPU, client_id="c0", criterion=CE)
     assert out.declined and out.reason == Refusal.DELTA
 
 
@@ -302,7 +305,7 @@ def test_public_distillation_depends_on_public_inputs_only(tmp_path: Path) -> No
     model = Recorder(64)
     x, y = _ids(64)
     _private_round(cfg, RoundPlan(1, "r", 1, "fp", False), start, model, x, y, policy=OPEN,
-                   device=CPU, client_id="c0")
+                   device=CPU, client_id="c0", criterion=CE)
     public_x = torch.randint(0, 64, (32, 2), generator=torch.Generator().manual_seed(1))
     teacher = torch.softmax(torch.randn(32, 2, generator=torch.Generator().manual_seed(2)), 1)
     outputs = []

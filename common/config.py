@@ -31,7 +31,7 @@ BUILTIN_BACKBONES = ("minilm", "mpnet")  # fetched as data (common/models/pretra
 ENCODER_DTYPES = ("float32", "bfloat16", "auto")
 HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
-ENCODINGS = ("float32", "float16", "int8", "topk")
+ENCODINGS = ("float32", "float16", "int8", "topk", "votes")
 # time-blocks: contiguous stretches of a series per client (forecasting only)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural", "time-blocks")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -85,9 +85,12 @@ class FedConfig:
     #                              class (where the teacher does not) is not applied
     teacher_validation: float = 0.0  # share of the teacher's labels held out: a round whose
     #                                  update lowers accuracy on them is rolled back (0 = off)
+    teacher_guard: str = "accuracy"  # what "lowers" means there: accuracy | loss (log-loss)
+    teacher_min_agreement: float = 0.0  # public examples whose aggregate's top class has a
+    #                                     smaller share are left out of the update (0 = all)
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
-    encoding: str = "float16"  # float32 | float16 | int8 | topk
+    encoding: str = "float16"  # float32 | float16 | int8 | topk | votes (replies only)
     topk: int = 2  # kept entries per row for encoding = topk
     aggregation: str = "weighted-mean"  # one of AGGREGATIONS (mean, ..., dsfl, norm-filter)
     trim_fraction: float = 0.2  # for trimmed-mean
@@ -141,6 +144,7 @@ class FedConfig:
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("attack", self.attack, ATTACKS)
         _check_choice("teacher-targets", self.teacher_targets, ("hard", "soft"))
+        _check_choice("teacher-guard", self.teacher_guard, ("accuracy", "loss"))
         _check_choice("teacher-family", self.teacher_family, TEACHER_FAMILIES)
         _check_backbone(self)
         _check_secagg(self)
@@ -163,6 +167,9 @@ class FedConfig:
         if not 0 <= self.teacher_validation < 0.5:
             raise ConfigError(f"teacher-validation={self.teacher_validation} must lie in "
                               "[0, 0.5) (0 = off).")
+        if not 0 <= self.teacher_min_agreement <= 1:
+            raise ConfigError(f"teacher-min-agreement={self.teacher_min_agreement} must lie "
+                              "in [0, 1] (0 = learn from every public example).")
         if not 0.5 <= self.collapse_share <= 1:
             raise ConfigError(f"collapse-share={self.collapse_share} must lie in [0.5, 1] "
                               "(1 = never refuse a teacher update).")

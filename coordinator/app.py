@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import payload_nbytes
+from common.distill.codec import downlink_encoding, payload_nbytes
 from common.errors import FedistillError, KnowledgeError
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
@@ -206,7 +206,8 @@ def _run_round(
     indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
     public_x = task.public_x[torch.as_tensor(indices)]
     teacher_probs = sent_soft_labels(cfg, teacher, public_x, device, task.kind.knowledge)
-    knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
+    knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), downlink_encoding(cfg.encoding),
+                                           topk=cfg.topk)
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
 

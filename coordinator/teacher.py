@@ -92,7 +92,7 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
         return (f"refused: the aggregate puts {pseudo:.0%} of the public batch in one class "
                 f"(the teacher: {own:.0%})")
     saved = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-    held_out = _held_out_accuracy(teacher, task, device)
+    held_out = _held_out_score(cfg, teacher, task, device)
     update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
     after = _largest_share(predict_logits(teacher, public_x, device=device).argmax(1).numpy(),
                            task.num_classes)
@@ -100,10 +100,7 @@ def guarded_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
         teacher.load_state_dict(saved)
         return (f"rolled back: the updated teacher put {after:.0%} of the public batch in "
                 f"one class (before: {own:.0%})")
-    if held_out is not None and _held_out_accuracy(teacher, task, device) < held_out:
-        teacher.load_state_dict(saved)
-        return "rolled back: the update lowered accuracy on the held-out teacher labels"
-    return "applied"
+    return _kept_unless_worse(cfg, task, teacher, saved, held_out, device)
 
 
 def _validated_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -111,23 +108,39 @@ def _validated_update(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Modu
                       device: torch.device) -> str:
     """The update, rolled back where it worsens the held-out score (if one is held out)."""
     saved = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-    held_out = _held_out_accuracy(teacher, task, device)
+    held_out = _held_out_score(cfg, teacher, task, device)
     update_teacher(cfg, task, teacher, public_x, aggregate, rnd, device)
-    after = _held_out_accuracy(teacher, task, device)
-    if held_out is not None and after is not None and task.kind.knowledge.better(held_out,
-                                                                                 after):
-        teacher.load_state_dict(saved)
-        return "rolled back: the update worsened the score on the held-out teacher labels"
-    return "applied"
+    return _kept_unless_worse(cfg, task, teacher, saved, held_out, device)
 
 
-def _held_out_accuracy(teacher: torch.nn.Module, task: PreparedTask,
-                       device: torch.device) -> float | None:
-    """The main test metric (accuracy; MSE for forecasts) on the held-out teacher labels."""
+def _kept_unless_worse(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
+                       saved: dict[str, torch.Tensor], before: float | None,
+                       device: torch.device) -> str:
+    """Roll the update back (to ``saved``) where it lowers the held-out score."""
+    after = _held_out_score(cfg, teacher, task, device)
+    if before is None or after is None or after >= before:
+        return "applied"
+    teacher.load_state_dict(saved)
+    what = "log-loss" if cfg.teacher_guard == "loss" else task.kind.knowledge.metric_name
+    return f"rolled back: the update worsened the {what} on the held-out teacher labels"
+
+
+def _held_out_score(cfg: FedConfig, teacher: torch.nn.Module, task: PreparedTask,
+                    device: torch.device) -> float | None:
+    """The teacher on its held-out labels, higher is better: accuracy (or minus the MSE of
+    forecasts); with ``teacher-guard = loss``, minus the loss (cross-entropy for classes).
+
+    An update moves only a handful of a hundred held-out decisions, so accuracy can miss
+    a small loss; the log-loss sees every example's margin move."""
     if task.valid_x is None or task.valid_y is None:
         return None
-    scores = test_scores(task, teacher, device, x=task.valid_x, y=task.valid_y)
-    return scores[task.kind.knowledge.metric_name]
+    knowledge = task.kind.knowledge
+    if cfg.teacher_guard == "loss" and knowledge.simplex:
+        logits = predict_logits(teacher, task.valid_x, device=device)
+        return -float(torch.nn.functional.cross_entropy(logits, task.valid_y))
+    score = test_scores(task, teacher, device, x=task.valid_x, y=task.valid_y)[
+        knowledge.metric_name]
+    return score if knowledge.higher_is_better else -score
 
 
 def hold_out(cfg: FedConfig, task: PreparedTask) -> PreparedTask:
@@ -153,7 +166,13 @@ def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     """Distil the teacher on the aggregate of the replies, then anchor it on its own set."""
     target = torch.as_tensor(aggregate, dtype=torch.float32)
     knowledge = task.kind.knowledge
-    if cfg.teacher_targets == "hard" and knowledge.simplex:  # the ensemble's decisions
+    if knowledge.simplex and cfg.teacher_min_agreement > 0:
+        # PATE's confident aggregation: learn only where the clients agree
+        agreed = target.max(dim=1).values >= cfg.teacher_min_agreement
+        public_x, target = public_x[agreed], target[agreed]
+    if len(target) == 0:
+        pass  # no public example with enough agreement: only the anchor below
+    elif cfg.teacher_targets == "hard" and knowledge.simplex:  # the ensemble's decisions
         train_supervised(teacher, public_x, target.argmax(dim=1),
                          epochs=cfg.teacher_distill_epochs, lr=cfg.teacher_distill_lr,
                          device=device, seed=cfg.seed + rnd)

@@ -86,3 +86,52 @@ def test_an_update_that_lowers_held_out_accuracy_is_rolled_back():
     assert outcome.startswith("rolled back") and "held-out" in outcome
     assert _same(before, _state(teacher))
     assert guarded_update(cfg, task, teacher, x, flipped, 1, torch.device("cpu")) == "applied"
+
+
+def test_the_loss_guard_rolls_back_an_update_that_accuracy_lets_through():
+    """Targets on the right side of every decision but barely: held-out accuracy stays,
+    the teacher's confidence in the right class drops. Only the log-loss sees it."""
+    from common.training import train_supervised
+    from coordinator.teacher import hold_out
+
+    task, teacher, x = _task_and_teacher()
+    base = dict(teacher_validation=0.2, teacher_targets="soft", teacher_anchor_epochs=0,
+                teacher_distill_epochs=5, teacher_distill_lr=0.01, temperature=1.0)
+    held = hold_out(FedConfig(**base), task)
+    train_supervised(teacher, held.teacher_x, held.teacher_y, epochs=30, lr=0.05,
+                     device=torch.device("cpu"))
+    timid = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()] * 0.2 + 0.4
+    before = _state(teacher)
+    by_loss = guarded_update(FedConfig(**base, teacher_guard="loss"), held, teacher, x,
+                             timid, 1, torch.device("cpu"))
+    assert by_loss.startswith("rolled back") and "log-loss" in by_loss, by_loss
+    assert _same(before, _state(teacher))
+    by_accuracy = guarded_update(FedConfig(**base), held, teacher, x, timid, 1,
+                                 torch.device("cpu"))
+    assert by_accuracy == "applied"
+
+
+def test_min_agreement_leaves_the_disputed_public_examples_out():
+    """The update with a threshold is the update on the agreed rows alone."""
+    from coordinator.teacher import update_teacher
+
+    task, teacher, x = _task_and_teacher()
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    aggregate = right * 0.8 + 0.1  # agreed: 90% of the votes on the right class
+    aggregate[::2] = 1.0 - right[::2] * 0.1 - 0.45  # disputed (55%) and wrong
+    cfg = dict(teacher_targets="hard", teacher_anchor_epochs=0, teacher_distill_lr=0.05)
+    initial = _state(teacher)
+    update_teacher(FedConfig(**cfg, teacher_min_agreement=0.7), task, teacher, x, aggregate,
+                   1, torch.device("cpu"))
+    filtered = _state(teacher)
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x[1::2], aggregate[1::2], 1,
+                   torch.device("cpu"))
+    assert _same(filtered, _state(teacher))
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x, aggregate, 1, torch.device("cpu"))
+    assert not _same(filtered, _state(teacher))
+    teacher.load_state_dict(initial)  # no row agreed enough: nothing to learn from
+    update_teacher(FedConfig(**cfg, teacher_min_agreement=0.95), task, teacher, x, aggregate,
+                   1, torch.device("cpu"))
+    assert _same(initial, _state(teacher))

@@ -85,7 +85,11 @@ class FedConfig:
     #                              class (where the teacher does not) is not applied
     teacher_validation: float = 0.0  # share of the teacher's labels held out: a round whose
     #                                  update lowers accuracy on them is rolled back (0 = off)
+    teacher_folds: int = 0  # K >= 2: K shadow teachers, each without one fold of the
+    #                         teacher's labels, judge each update on every label (0 = off)
     teacher_guard: str = "accuracy"  # what "lowers" means there: accuracy | loss (log-loss)
+    teacher_self_weight: float = 0.0  # the teacher's own probabilities' share of the
+    #                                   update's targets (the rest: the aggregate)
     teacher_min_agreement: float = 0.0  # public examples whose aggregate's top class has a
     #                                     smaller share are left out of the update (0 = all)
     # --- knowledge exchange
@@ -167,6 +171,14 @@ class FedConfig:
         if not 0 <= self.teacher_validation < 0.5:
             raise ConfigError(f"teacher-validation={self.teacher_validation} must lie in "
                               "[0, 0.5) (0 = off).")
+        if self.teacher_folds == 1 or self.teacher_folds < 0:
+            raise ConfigError(f"teacher-folds={self.teacher_folds} must be 0 (off) or >= 2.")
+        if self.teacher_folds and self.teacher_validation:
+            raise ConfigError("teacher-folds and teacher-validation are two ways to hold "
+                              "the teacher's labels out; set one of them (the other to 0).")
+        if not 0 <= self.teacher_self_weight < 1:
+            raise ConfigError(f"teacher-self-weight={self.teacher_self_weight} must lie in "
+                              "[0, 1) (0 = the aggregate alone).")
         if not 0 <= self.teacher_min_agreement <= 1:
             raise ConfigError(f"teacher-min-agreement={self.teacher_min_agreement} must lie "
                               "in [0, 1] (0 = learn from every public example).")

@@ -135,3 +135,73 @@ def test_min_agreement_leaves_the_disputed_public_examples_out():
     update_teacher(FedConfig(**cfg, teacher_min_agreement=0.95), task, teacher, x, aggregate,
                    1, torch.device("cpu"))
     assert _same(initial, _state(teacher))
+
+
+def test_with_a_self_weight_the_teacher_votes_on_its_own_update():
+    """Where the clients are split, the teacher's confident answer decides the label it
+    learns; the update equals one on the mixed targets."""
+    from common.training import predict_logits, train_supervised
+    from coordinator.teacher import update_teacher
+
+    task, teacher, x = _task_and_teacher()
+    train_supervised(teacher, x, task.teacher_y, epochs=30, lr=0.05, device=torch.device("cpu"))
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    split = 0.45 * right + 0.55 * (1 - right)  # the clients lean, barely, to the wrong class
+    own = torch.softmax(predict_logits(teacher, x, device=torch.device("cpu")), 1).numpy()
+    mixed = 0.5 * own + 0.5 * split
+    assert (mixed.argmax(1) == right.argmax(1)).mean() > 0.9  # the teacher's answer wins
+    cfg = dict(teacher_targets="hard", teacher_anchor_epochs=0, teacher_distill_lr=0.05)
+    initial = _state(teacher)
+    update_teacher(FedConfig(**cfg, teacher_self_weight=0.5), task, teacher, x, split, 1,
+                   torch.device("cpu"))
+    voted = _state(teacher)
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x, mixed, 1, torch.device("cpu"))
+    assert _same(voted, _state(teacher))
+
+
+def test_fold_guard_pools_every_label_and_rolls_back_teacher_and_shadows():
+    """K shadows, each without one fold: the folds cover every label once; a wrong
+    update is rolled back on all of them, a right one taken by all of them."""
+    from coordinator.teacher import FoldGuard
+
+    task, teacher, x = _task_and_teacher()
+    cfg = FedConfig(teacher_folds=4, teacher_family="probe", backbone="mpnet",
+                    teacher_targets="hard",
+                    teacher_anchor_epochs=0,
+                    teacher_distill_epochs=20, teacher_distill_lr=0.05, teacher_lr=0.05)
+    guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+    assert guard is not None and len(guard.shadows) == 4
+    held = torch.cat([t.valid_y.new_tensor(range(len(t.valid_y))) for t in guard.tasks])
+    assert len(held) == N  # every label held out exactly once
+    for t in guard.tasks:
+        assert len(t.teacher_y) + len(t.valid_y) == N
+        assert not (t.teacher_x[:, None] == t.valid_x[None]).all(-1).any()  # disjoint
+    from common.training import train_supervised
+
+    train_supervised(teacher, x, task.teacher_y, epochs=30, lr=0.05, device=torch.device("cpu"))
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    teacher0, shadows0 = _state(teacher), guard.states()
+    outcome = guarded_update(cfg, task, teacher, x, 1 - right, 1, torch.device("cpu"), guard)
+    assert outcome.startswith("rolled back") and "4 folds" in outcome, outcome
+    assert _same(teacher0, _state(teacher))
+    assert all(_same(a, b) for a, b in zip(shadows0, guard.states(), strict=True))
+    noisy = right * 0.9 + 0.05
+    assert guarded_update(cfg, task, teacher, x, noisy, 2, torch.device("cpu"),
+                          guard) == "applied"
+    assert not any(_same(a, b) for a, b in zip(shadows0, guard.states(), strict=True))
+
+
+def test_fold_guard_settings_are_checked():
+    import pytest
+
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher-folds=1"):
+        FedConfig(teacher_folds=1)
+    with pytest.raises(ConfigError, match="set one of them"):
+        FedConfig(teacher_folds=5, teacher_validation=0.2)
+    from coordinator.teacher import FoldGuard
+
+    task, _, _ = _task_and_teacher()
+    assert FoldGuard.build(FedConfig(), task, torch.device("cpu")) is None

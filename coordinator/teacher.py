@@ -139,21 +139,25 @@ class _HeldOut:
 
     def kept_unless_worse(self, saved: dict[str, torch.Tensor], public_x: torch.Tensor,
                           aggregate: np.ndarray, rnd: int) -> str:
-        """Roll the teacher back to ``saved`` (and the shadows) where the score drops."""
+        """Roll the teacher back to ``saved`` (and the shadows) where the score drops, or,
+        for the shadows of a :class:`FoldGuard`, where it does not rise."""
         if self.guard is not None:  # the same update, on each shadow
             self.guard.update(self.cfg, public_x, aggregate, rnd, self.device)
         after = self._score()
-        if self.before is None or after is None or after >= self.before:
+        if self.before is None or after is None or after > self.before:
+            return "applied"
+        if after == self.before and self.guard is None:
             return "applied"
         self.teacher.load_state_dict(saved)
         if self.guard is not None and self.shadows is not None:
             self.guard.load(self.shadows)
         what = ("log-loss" if self.cfg.teacher_guard == "loss" else
                 self.task.kind.knowledge.metric_name)
-        where = (f"the {len(self.guard.shadows)} folds of the teacher's labels, each by a "
-                 "shadow teacher trained without it" if self.guard else
-                 "the held-out teacher labels")
-        return f"rolled back: the update worsened the {what} on {where}"
+        if self.guard is not None:
+            return (f"rolled back: the update did not raise the {what} on the "
+                    f"{len(self.guard.shadows)} folds of the teacher's labels, each judged by "
+                    "a shadow teacher trained without it")
+        return f"rolled back: the update worsened the {what} on the held-out teacher labels"
 
 
 @dataclass
@@ -161,8 +165,9 @@ class FoldGuard:
     """``teacher-folds`` = K: the teacher trains on all its labels, and K shadow teachers,
     each pre-trained without one fold of them, take every update the teacher takes. An
     update is kept only where the shadows' score on their own held-out folds, pooled over
-    all K (every label the teacher has), does not drop: K times the held-out examples of
-    a single held-out share, and none of them kept from the teacher."""
+    all K (every label the teacher has), rises: K times the held-out examples of a single
+    held-out share, and none of them kept from the teacher. A tie is not enough: on
+    every label, an update that changes nothing measurable has only its risk to offer."""
 
     tasks: list[PreparedTask]  # fold k: teacher_x/y without fold k; valid_x/y = fold k
     shadows: list[torch.nn.Module]

@@ -205,3 +205,29 @@ def test_fold_guard_settings_are_checked():
 
     task, _, _ = _task_and_teacher()
     assert FoldGuard.build(FedConfig(), task, torch.device("cpu")) is None
+
+
+def test_with_folds_a_tie_is_rolled_back_where_a_held_out_share_lets_it_pass():
+    """Classes apart by a wide margin: every shadow is already right on its fold, so even
+    the right labels cannot raise the pooled accuracy. The folds want evidence of a gain;
+    a single held-out share takes an update that does not lower its accuracy."""
+    import dataclasses
+
+    from coordinator.teacher import FoldGuard, hold_out
+
+    task, teacher, x = _task_and_teacher()
+    x = x.clone()
+    x[:, 0] = torch.sign(x[:, 0]) * (2 + x[:, 0].abs())
+    task = dataclasses.replace(task, public_x=x, teacher_x=x, test_x=x, private_x=x)
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    common = dict(teacher_family="probe", backbone="mpnet", teacher_targets="hard",
+                  teacher_anchor_epochs=0, teacher_lr=0.05, teacher_distill_epochs=5,
+                  teacher_distill_lr=0.01)
+    cfg = FedConfig(teacher_folds=4, **common)
+    guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+    assert guard is not None and guard.score(cfg, torch.device("cpu")) == 1.0
+    outcome = guarded_update(cfg, task, teacher, x, right, 1, torch.device("cpu"), guard)
+    assert outcome.startswith("rolled back: the update did not raise"), outcome
+    held_cfg = FedConfig(teacher_validation=0.25, **common)
+    assert guarded_update(held_cfg, hold_out(held_cfg, task), teacher, x, right, 1,
+                          torch.device("cpu")) == "applied"

@@ -4,7 +4,9 @@ The update distils the teacher on the aggregate of the replies and anchors it on
 labelled set. :func:`guarded_update` refuses, or rolls back, an update that would
 collapse the teacher onto one class: a few bad or poisoned rounds must not turn the
 federation's model into a constant. With ``teacher-validation`` it also rolls back an
-update that lowers the teacher's accuracy on a held-out share of its own labels.
+update that lowers the teacher's accuracy on a held-out share of its own labels; with
+``teacher-folds`` a :class:`FoldGuard`'s shadow teachers judge each update on every label
+instead, and the teacher keeps all its labels.
 
 Forecasts have no classes to collapse onto: their update is distilled on the aggregate
 (regression, the knowledge's MSE) and anchored on the labelled windows, and with
@@ -260,11 +262,12 @@ def update_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
     knowledge = task.kind.knowledge
     if knowledge.simplex and cfg.teacher_self_weight > 0:
         # The teacher votes too: where the clients' ensemble is split, its own answer can
-        # decide, so the update's labels beat both where their errors differ.
+        # decide, so the update's labels can beat both where their errors differ.
         own = torch.softmax(predict_logits(teacher, public_x, device=device), dim=1)
         target = cfg.teacher_self_weight * own + (1 - cfg.teacher_self_weight) * target
     if knowledge.simplex and cfg.teacher_min_agreement > 0:
-        # PATE's confident aggregation: learn only where the clients agree
+        # PATE's confident aggregation: learn only where the votes (and the teacher's own,
+        # with a self weight) agree
         agreed = target.max(dim=1).values >= cfg.teacher_min_agreement
         public_x, target = public_x[agreed], target[agreed]
     if len(target) == 0:

@@ -261,7 +261,10 @@ def stability_section(path: Path, *earlier: tuple[str, Path]) -> list[str]:
     lines = [f"## Stability of the `{data['preset']}` preset", "",
              f"Command: `{data['command']}`. {len(rows)} runs, seeds "
              f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}, each with new "
-             "node secrets (new DP sampling and noise).", "",
+             "node secrets (new DP sampling and noise)"
+             + (": the real ServerApp and ClientApps over an in-process grid, without "
+                "Flower's Simulation Engine" if "--in-process" in data["command"] else "")
+             + ".", "",
              "| configuration | final teacher min | median | max | runs ending below their "
              "initial teacher | runs ending one-class | teacher updates not applied |",
              "|---|---|---|---|---|---|---|", _stability_row("the preset", rows)]

@@ -123,9 +123,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += targets_table(preset, data["rows"])
         lines += image_targets_table(preset, data["rows"])
         lines += tuning_table(RESULTS / f"tuning-{preset}.json")
-    lines += stability_section(RESULTS / "stability.json", (
-        "before: float16 soft labels, a held-out fifth (`default-soft-heldout`)",
-        RESULTS / "stability-validation.json"))
+    lines += stability_section(
+        RESULTS / "stability.json",
+        ("`--set teacher-fold-alpha=0.05` (an update must pass a sign test)",
+         RESULTS / "stability-alpha.json"),
+        ("before: float16 soft labels, a held-out fifth (`default-soft-heldout`)",
+         RESULTS / "stability-validation.json"))
     lines += recipes_section(RESULTS)
     return text("RESULTS.md.j2", body="".join(line + "\n" for line in lines))
 

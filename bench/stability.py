@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "stability"))
+    parser.add_argument("--out", default=str(OUT), help="the results file")
     parser.add_argument("--in-process", action="store_true",
                         help="run the apps over an in-process grid (bench/tune.py), not "
                              "through Flower's Simulation Engine: the same rounds, faster")
@@ -78,16 +79,18 @@ def main() -> None:
     torch.set_num_threads(1)
     command = (f"python -m bench.stability --preset {args.preset} --runs {args.runs}"
                + "".join(f" --set {s}" for s in args.sets)
-               + (" --in-process" if args.in_process else ""))
+               + (" --in-process" if args.in_process else "")
+               + (f" --out {Path(args.out).relative_to(ROOT)}" if Path(args.out).resolve()
+                  != OUT else ""))
     rows = []
     for k in range(args.runs):
         rows.append(one_run(args.preset, k % 3, args.sets, Path(args.runs_dir) / f"run-{k}",
                             args.in_process))
         print(json.dumps(rows[-1]), flush=True)
         # after every run: an interrupted series keeps (and the page counts) the runs done
-        OUT.write_text(json.dumps({"command": command, "preset": args.preset, "rows": rows},
-                                  indent=1))
-    print(f"wrote {OUT}")
+        Path(args.out).write_text(json.dumps(
+            {"command": command, "preset": args.preset, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

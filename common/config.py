@@ -87,6 +87,8 @@ class FedConfig:
     #                                  update lowers accuracy on them is rolled back (0 = off)
     teacher_folds: int = 0  # K >= 2: K shadow teachers, each without one fold of the
     #                         teacher's labels, judge each update on every label (0 = off)
+    teacher_fold_alpha: float = 1.0  # with teacher-folds: the level of a one-sided sign
+    #                                  test the update's flips must pass (1 = any rise)
     teacher_guard: str = "accuracy"  # what "lowers" means there: accuracy | loss (log-loss)
     teacher_self_weight: float = 0.0  # the teacher's own probabilities' share of the
     #                                   update's targets (the rest: the aggregate)
@@ -173,6 +175,9 @@ class FedConfig:
                               "[0, 0.5) (0 = off).")
         if self.teacher_folds == 1 or self.teacher_folds < 0:
             raise ConfigError(f"teacher-folds={self.teacher_folds} must be 0 (off) or >= 2.")
+        if not 0 < self.teacher_fold_alpha <= 1:
+            raise ConfigError(f"teacher-fold-alpha={self.teacher_fold_alpha} must lie in "
+                              "(0, 1] (1 = any rise of the pooled accuracy).")
         if self.teacher_folds and self.teacher_validation:
             raise ConfigError("teacher-folds and teacher-validation are two ways to hold "
                               "the teacher's labels out; set one of them (the other to 0).")

@@ -16,6 +16,7 @@ Forecasts have no classes to collapse onto: their update is distilled on the agg
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +134,8 @@ class _HeldOut:
             cfg, task, teacher, guard, device)
         self.shadows = guard.states() if guard else None
         self.before = self._score()
+        self.right = (guard.correct(device) if guard and cfg.teacher_fold_alpha < 1
+                      and task.kind.knowledge.simplex else None)
 
     def _score(self) -> float | None:
         if self.guard is not None:
@@ -145,21 +148,47 @@ class _HeldOut:
         for the shadows of a :class:`FoldGuard`, where it does not rise."""
         if self.guard is not None:  # the same update, on each shadow
             self.guard.update(self.cfg, public_x, aggregate, rnd, self.device)
-        after = self._score()
-        if self.before is None or after is None or after > self.before:
-            return "applied"
-        if after == self.before and self.guard is None:
+        why = self._why_not()
+        if why is None:
             return "applied"
         self.teacher.load_state_dict(saved)
         if self.guard is not None and self.shadows is not None:
             self.guard.load(self.shadows)
+        return f"rolled back: {why}"
+
+    def _why_not(self) -> str | None:
+        """None where the update stands, else why it does not."""
+        after = self._score()
+        if self.before is None or after is None:
+            return None
         what = ("log-loss" if self.cfg.teacher_guard == "loss" else
                 self.task.kind.knowledge.metric_name)
-        if self.guard is not None:
-            return (f"rolled back: the update did not raise the {what} on the "
-                    f"{len(self.guard.shadows)} folds of the teacher's labels, each judged by "
-                    "a shadow teacher trained without it")
-        return f"rolled back: the update worsened the {what} on the held-out teacher labels"
+        if self.guard is None:
+            return (None if after >= self.before else
+                    f"the update worsened the {what} on the held-out teacher labels")
+        if after <= self.before:
+            return (f"the update did not raise the {what} on the {len(self.guard.shadows)} "
+                    "folds of the teacher's labels, each judged by a shadow teacher trained "
+                    "without it")
+        if self.right is None:
+            return None
+        gained, lost = _flips(self.right, self.guard.correct(self.device))
+        p = _sign_test(gained, lost)
+        return (None if p <= self.cfg.teacher_fold_alpha else
+                f"{gained} held-out labels gained against {lost} lost: a one-sided sign "
+                f"test gives p = {p:.2f}, above teacher-fold-alpha = "
+                f"{self.cfg.teacher_fold_alpha:g}")
+
+
+def _flips(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """Labels the update made right, and labels it made wrong."""
+    return int((~before & after).sum()), int((before & ~after).sum())
+
+
+def _sign_test(gained: int, lost: int) -> float:
+    """P(at least ``gained`` of the gained + lost flips go right | each is a coin toss)."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n if n else 1.0
 
 
 @dataclass
@@ -169,7 +198,9 @@ class FoldGuard:
     update is kept only where the shadows' score on their own held-out folds, pooled over
     all K (every label the teacher has), rises: K times the held-out examples of a single
     held-out share, and none of them kept from the teacher. A tie is not enough: on
-    every label, an update that changes nothing measurable has only its risk to offer."""
+    every label, an update that changes nothing measurable has only its risk to offer.
+    With ``teacher-fold-alpha`` below 1 the rise must also pass a one-sided sign test on
+    the labels the update flipped (right against wrong) at that level."""
 
     tasks: list[PreparedTask]  # fold k: teacher_x/y without fold k; valid_x/y = fold k
     shadows: list[torch.nn.Module]
@@ -201,6 +232,12 @@ class FoldGuard:
                rnd: int, device: torch.device) -> None:
         for shadow, task in zip(self.shadows, self.tasks, strict=True):
             update_teacher(cfg, task, shadow, public_x, aggregate, rnd, device)
+
+    def correct(self, device: torch.device) -> np.ndarray:
+        """Whether each shadow gets each label of its fold right, fold after fold."""
+        return np.concatenate([
+            (predict_logits(m, t.valid_x, device=device).argmax(1) == t.valid_y).numpy()
+            for m, t in zip(self.shadows, self.tasks, strict=True)])
 
     def states(self) -> list[dict[str, torch.Tensor]]:
         return [_snapshot(m) for m in self.shadows]

@@ -231,3 +231,24 @@ def test_with_folds_a_tie_is_rolled_back_where_a_held_out_share_lets_it_pass():
     held_cfg = FedConfig(teacher_validation=0.25, **common)
     assert guarded_update(held_cfg, hold_out(held_cfg, task), teacher, x, right, 1,
                           torch.device("cpu")) == "applied"
+
+
+def test_teacher_fold_alpha_asks_a_sign_test_of_the_rise():
+    """A right update that lifts the pooled accuracy by a few labels: enough for the
+    rise rule, not for a sign test at 0.01 (no test of a handful of flips reaches it)."""
+    from coordinator.teacher import FoldGuard, _sign_test
+
+    assert _sign_test(5, 0) == 1 / 32 and _sign_test(3, 2) == 0.5 and _sign_test(0, 0) == 1
+    task, teacher, x = _task_and_teacher()
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    common = dict(teacher_folds=4, teacher_family="probe", backbone="mpnet",
+                  teacher_targets="hard", teacher_anchor_epochs=0, teacher_epochs=60,
+                  teacher_lr=0.05, teacher_distill_epochs=5, teacher_distill_lr=0.01)
+    outcomes = []
+    for alpha in (1.0, 0.01):
+        cfg = FedConfig(teacher_fold_alpha=alpha, **common)
+        guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+        outcomes.append(guarded_update(cfg, task, teacher, x, right, 1, torch.device("cpu"),
+                                       guard))
+    assert outcomes[0] == "applied"
+    assert outcomes[1].startswith("rolled back") and "sign test" in outcomes[1], outcomes[1]

@@ -80,7 +80,7 @@ def main() -> None:
     command = (f"python -m bench.stability --preset {args.preset} --runs {args.runs}"
                + "".join(f" --set {s}" for s in args.sets)
                + (" --in-process" if args.in_process else "")
-               + (f" --out {Path(args.out).relative_to(ROOT)}" if Path(args.out).resolve()
+               + (f" --out {Path(args.out).resolve().relative_to(ROOT)}" if Path(args.out).resolve()
                   != OUT else ""))
     rows = []
     for k in range(args.runs):

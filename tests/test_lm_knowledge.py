@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from tokenizers import Tokenizer
 from torch import nn
 
+from client.private_data import load_private_dir
 from common.config import FedConfig
 from common.data import Split, encode_stream, load_dataset
 from common.distill.next_tokens import (
@@ -31,7 +33,7 @@ from common.distill.next_tokens import (
     perplexity,
     token_accuracy,
 )
-from common.errors import ConfigError, KnowledgeError
+from common.errors import ConfigError, DataError, KnowledgeError
 from common.privacy.secrets import DpSeeds
 from common.protocol import INFO, METRICS, SOFT_LABELS, to_array_record
 from common.task import check_fits, prepare_task
@@ -320,3 +322,15 @@ def test_dp_sgd_on_next_tokens_adds_noise_of_sigma_clip_over_batch() -> None:
     first, again, other = run(2), run(2), run(3)
     assert float(first.std()) == pytest.approx(sigma * clip / batch, rel=0.05)
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_a_deployed_node_reads_its_own_text_files_as_windows(tmp_path: Path) -> None:
+    task = prepare_task("python-docs", 0, 128, 32)
+    with pytest.raises(DataError, match="no .txt file"):
+        load_private_dir(tmp_path, task, dataset="python-docs", seed=0, max_len=32)
+    (tmp_path / "a.txt").write_text("Return the number of items in a container.\n" * 3)
+    (tmp_path / "b.txt").write_text("Open file and return a stream.\n" * 4)
+    x, y = load_private_dir(tmp_path, task, dataset="python-docs", seed=0, max_len=32)
+    assert x.shape == y.shape == (len(x), 32) and len(x) >= 7
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert int(x.max()) < task.vocab_size

@@ -123,7 +123,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += targets_table(preset, data["rows"])
         lines += image_targets_table(preset, data["rows"])
         lines += tuning_table(RESULTS / f"tuning-{preset}.json")
-    lines += stability_section(RESULTS / "stability.json")
+    lines += stability_section(
+        RESULTS / "stability.json",
+        ("`--set teacher-fold-alpha=0.05` (an update must pass a sign test)",
+         RESULTS / "stability-alpha.json"),
+        ("before: float16 soft labels, a held-out fifth (`default-soft-heldout`)",
+         RESULTS / "stability-validation.json"))
     lines += recipes_section(RESULTS)
     return text("RESULTS.md.j2", body="".join(line + "\n" for line in lines))
 
@@ -249,26 +254,36 @@ def tuning_table(path: Path) -> list[str]:
     return lines + [""]
 
 
-def stability_section(path: Path) -> list[str]:
-    """bench/stability.py's runs: min / median / max of the final teacher."""
+def stability_section(path: Path, *earlier: tuple[str, Path]) -> list[str]:
+    """bench/stability.py's runs: min / median / max of the final teacher; ``earlier``
+    (a label and a file) adds the same row for a configuration the preset had before."""
     if not path.exists():
         return []
     data = json.loads(path.read_text())
     rows = data["rows"]
+    lines = [f"## Stability of the `{data['preset']}` preset", "",
+             f"Command: `{data['command']}`. {len(rows)} runs, seeds "
+             f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}, each with new "
+             "node secrets (new DP sampling and noise)"
+             + (": the real ServerApp and ClientApps over an in-process grid, without "
+                "Flower's Simulation Engine" if "--in-process" in data["command"] else "")
+             + ".", "",
+             "| configuration | final teacher min | median | max | runs ending below their "
+             "initial teacher | runs ending one-class | teacher updates not applied |",
+             "|---|---|---|---|---|---|---|", _stability_row("the preset", rows)]
+    for label, other in earlier:
+        if other.exists():
+            lines.append(_stability_row(label, json.loads(other.read_text())["rows"]))
+    return [*lines, ""]
+
+
+def _stability_row(label: str, rows: list[dict[str, Any]]) -> str:
     final = np.array([r["teacher_final"] for r in rows])
     below = sum(r["teacher_final"] < r["teacher_initial"] for r in rows)
     one_class = sum(r["largest_class_share"] >= 0.99 for r in rows)
     refused = sum(len(r["not_applied"]) for r in rows)
-    return [f"## Stability of the `{data['preset']}` preset", "",
-            f"Command: `{data['command']}`. {len(rows)} runs, seeds "
-            f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}, each with new "
-            "node secrets (new DP sampling and noise).", "",
-            "| final teacher min | median | max | runs ending below their initial teacher "
-            "| runs ending one-class | teacher updates not applied |",
-            "|---|---|---|---|---|---|",
-            f"| {_fmt(float(final.min()))} | {_fmt(float(np.median(final)))} | "
-            f"{_fmt(float(final.max()))} | {below} of {len(rows)} | {one_class} | {refused} |",
-            ""]
+    return (f"| {label} | {_fmt(float(final.min()))} | {_fmt(float(np.median(final)))} | "
+            f"{_fmt(float(final.max()))} | {below} of {len(rows)} | {one_class} | {refused} |")
 
 
 def reference_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -34,6 +34,7 @@ from client.private_data import load_private_dir
 from client.state import ClientState
 from common.config import FedConfig
 from common.device import resolve_device
+from common.distill.codec import downlink_encoding, sent_rows
 from common.errors import KnowledgeError, PolicyRefusal
 from common.models import ModelConfig, build_model
 from common.privacy.accounting import check_budget
@@ -170,7 +171,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
     rows = torch.as_tensor(indices, dtype=torch.long)
     kind = task.kind.knowledge
-    teacher = task.decode(knowledge, cfg.encoding, num_rows=len(rows))
+    teacher = task.decode(knowledge, downlink_encoding(cfg.encoding), num_rows=len(rows))
     public_x = task.public_x[rows]
     distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,
@@ -226,7 +227,7 @@ def _secure_reply(cfg: FedConfig, result: RoundResult) -> RecordDict:
     ``secagg-max-weight`` so the masked sum cannot overflow; it and the metadata stay
     visible.
     """
-    arrays = [result.probs.astype(np.float64).reshape(-1)]
+    arrays = [sent_rows(result.probs, cfg.encoding).astype(np.float64).reshape(-1)]
     if result.test_probs is not None:
         arrays.append(result.test_probs.astype(np.float64).reshape(-1))
     meta = _meta(result)

@@ -26,7 +26,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from client.errors import NodeRoundFailed
 from common.config import ATTACKS, FedConfig
-from common.distill.codec import decode_knowledge, encode_knowledge
+from common.distill.codec import decode_knowledge, downlink_encoding, encode_knowledge
 from common.privacy.policy import Refusal
 from common.protocol import (
     FITRES_PARAMETERS,
@@ -214,7 +214,8 @@ class _Sent:
         """What an adaptive attacker reads from it (no other attack reads it)."""
         if attack != "adaptive":
             return None
-        teacher = decode_knowledge(self.knowledge, cfg.encoding, num_rows=self.rows,
+        teacher = decode_knowledge(self.knowledge, downlink_encoding(cfg.encoding),
+                                   num_rows=self.rows,
                                    num_classes=num_classes)
         return AttackerView.of(teacher, cfg)
 
@@ -251,8 +252,9 @@ def _attack_secure(content: RecordDict, attack: str, cfg: FedConfig, rnd: int,
 
 
 def _num_classes(cfg: FedConfig, encoded: dict[str, np.ndarray]) -> int:
-    """C of the encoded soft labels: their width, or the task's where topk hides it."""
-    if cfg.encoding != "topk":  # (m, C) probabilities or int8 codes
+    """C of the encoded soft labels: their width, or the task's where topk or votes hide
+    it."""
+    if cfg.encoding not in ("topk", "votes"):  # (m, C) probabilities or int8 codes
         return int(encoded["codes" if cfg.encoding == "int8" else "probs"].shape[1])
     from common.task import prepare_task  # cached: the ClientApp just prepared it
 

@@ -32,7 +32,7 @@ BUILTIN_BACKBONES = ("minilm", "mpnet")  # fetched as data (common/models/pretra
 ENCODER_DTYPES = ("float32", "bfloat16", "auto")
 HF_PREFIX = "hf:"
 AGGREGATIONS = ("mean", "weighted-mean", "median", "trimmed-mean", "dsfl", "norm-filter")
-ENCODINGS = ("float32", "float16", "int8", "topk")
+ENCODINGS = ("float32", "float16", "int8", "topk", "votes")
 # time-blocks: contiguous stretches of a series per client (forecasting only)
 PARTITIONS = ("iid", "dirichlet", "shards", "natural", "time-blocks")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
@@ -86,9 +86,18 @@ class FedConfig:
     #                              class (where the teacher does not) is not applied
     teacher_validation: float = 0.0  # share of the teacher's labels held out: a round whose
     #                                  update lowers accuracy on them is rolled back (0 = off)
+    teacher_folds: int = 0  # K >= 2: K shadow teachers, each without one fold of the
+    #                         teacher's labels, judge each update on every label (0 = off)
+    teacher_fold_alpha: float = 1.0  # with teacher-folds: the level of a one-sided sign
+    #                                  test the update's flips must pass (1 = any rise)
+    teacher_guard: str = "accuracy"  # what "lowers" means there: accuracy | loss (log-loss)
+    teacher_self_weight: float = 0.0  # the teacher's own probabilities' share of the
+    #                                   update's targets (the rest: the aggregate)
+    teacher_min_agreement: float = 0.0  # public examples whose aggregate's top class has a
+    #                                     smaller share are left out of the update (0 = all)
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
-    encoding: str = "float16"  # float32 | float16 | int8 | topk
+    encoding: str = "float16"  # float32 | float16 | int8 | topk | votes (replies only)
     topk: int = 2  # kept entries per row for encoding = topk (next tokens: always top-k)
     aggregation: str = "weighted-mean"  # one of AGGREGATIONS (mean, ..., dsfl, norm-filter)
     trim_fraction: float = 0.2  # for trimmed-mean
@@ -142,6 +151,7 @@ class FedConfig:
         _check_choice("accountant", self.accountant, ACCOUNTANTS)
         _check_choice("attack", self.attack, ATTACKS)
         _check_choice("teacher-targets", self.teacher_targets, ("hard", "soft"))
+        _check_choice("teacher-guard", self.teacher_guard, ("accuracy", "loss"))
         _check_choice("teacher-family", self.teacher_family, TEACHER_FAMILIES)
         _check_backbone(self)
         _check_secagg(self)
@@ -164,6 +174,20 @@ class FedConfig:
         if not 0 <= self.teacher_validation < 0.5:
             raise ConfigError(f"teacher-validation={self.teacher_validation} must lie in "
                               "[0, 0.5) (0 = off).")
+        if self.teacher_folds == 1 or self.teacher_folds < 0:
+            raise ConfigError(f"teacher-folds={self.teacher_folds} must be 0 (off) or >= 2.")
+        if not 0 < self.teacher_fold_alpha <= 1:
+            raise ConfigError(f"teacher-fold-alpha={self.teacher_fold_alpha} must lie in "
+                              "(0, 1] (1 = any rise of the pooled accuracy).")
+        if self.teacher_folds and self.teacher_validation:
+            raise ConfigError("teacher-folds and teacher-validation are two ways to hold "
+                              "the teacher's labels out; set one of them (the other to 0).")
+        if not 0 <= self.teacher_self_weight < 1:
+            raise ConfigError(f"teacher-self-weight={self.teacher_self_weight} must lie in "
+                              "[0, 1) (0 = the aggregate alone).")
+        if not 0 <= self.teacher_min_agreement <= 1:
+            raise ConfigError(f"teacher-min-agreement={self.teacher_min_agreement} must lie "
+                              "in [0, 1] (0 = learn from every public example).")
         if not 0.5 <= self.collapse_share <= 1:
             raise ConfigError(f"collapse-share={self.collapse_share} must lie in [0.5, 1] "
                               "(1 = never refuse a teacher update).")

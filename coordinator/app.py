@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import FedConfig
 from common.device import resolve_device
-from common.distill.codec import payload_nbytes
+from common.distill.codec import downlink_encoding, payload_nbytes
 from common.errors import FedistillError, KnowledgeError
 from common.models import build_model, count_parameters
 from common.protocol import KNOWLEDGE, PUBLIC, ROUND, ReplyMeta, RoundPlan, to_array_record
@@ -52,6 +52,7 @@ from coordinator.report import (
 )
 from coordinator.secure import run_secure_round
 from coordinator.teacher import (
+    FoldGuard,
     guarded_update,
     pretrain_teacher,
     sent_soft_labels,
@@ -97,22 +98,39 @@ def main(grid: Grid, context: Context) -> None:
         torch.save(teacher.state_dict(), out / "teacher-round0.pt")  # before any round
         run_id, start, history = str(context.run_id), 1, [initial]
         append_metrics(out, initial)
+    guard = _fold_guard(cfg, task, ckpt, device)
+    if ckpt is None:
         save_checkpoint(ckpt_path, Checkpoint(run_id, 0, teacher.state_dict(),
-                                              capture_rng(rng, np_rng), history))
+                                              capture_rng(rng, np_rng), history,
+                                              _shadow_states(guard)))
     _log_summary(cfg, task, teacher, run_id)
 
     # --- rounds
     nodes = _wait_for_nodes(grid, cfg)
     pins = pinned_ledger_keys(history)
     for rnd in range(start, cfg.rounds + 1):
-        record = _run_round(grid, context, cfg, task, teacher, rnd, run_id, nodes, rng, np_rng,
-                            device, pins)
+        record = _run_round(grid, context, cfg, task, (teacher, guard), rnd, run_id, nodes,
+                            rng, np_rng, device, pins)
         history.append(record)
         append_metrics(out, record)
         save_checkpoint(ckpt_path, Checkpoint(run_id, rnd, teacher.state_dict(),
-                                              capture_rng(rng, np_rng), history))
+                                              capture_rng(rng, np_rng), history,
+                                              _shadow_states(guard)))
     torch.save(teacher.state_dict(), out / "teacher.pt")
     write_summary(out, cfg, history, task.task)
+
+
+def _fold_guard(cfg: FedConfig, task: PreparedTask, ckpt: Checkpoint | None,
+                device: torch.device) -> FoldGuard | None:
+    """``teacher-folds``' shadow teachers: pre-trained, or as the checkpoint left them."""
+    guard = FoldGuard.build(cfg, task, device)
+    if guard is not None and ckpt is not None and ckpt.shadow_states:
+        guard.load(ckpt.shadow_states)
+    return guard
+
+
+def _shadow_states(guard: FoldGuard | None) -> list[dict[str, Any]] | None:
+    return None if guard is None else guard.states()
 
 
 def _initial_teacher(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
@@ -148,7 +166,7 @@ def _log_summary(cfg: FedConfig, task: PreparedTask, teacher: torch.nn.Module,
         cfg.aggregation, cfg.encoding, cfg.epsilon, cfg.delta)
     log(INFO, "teacher %s/%s: %s parameters; students %s/%s; data private=%s public=%s "
         "teacher=%s test=%s", cfg.teacher_family, cfg.teacher_size, count_parameters(teacher),
-        cfg.students, cfg.student_size, len(task.private_x), len(task.public_x),
+        cfg.students, cfg.student_size, len(task.private_y), len(task.public_x),
         len(task.teacher_x), len(task.test_x))
 
 
@@ -197,17 +215,20 @@ class RoundOutcome:
 
 def _run_round(
     grid: Grid, context: Context, cfg: FedConfig, task: PreparedTask,
-    teacher: torch.nn.Module, rnd: int, run_id: str, nodes: list[int], rng: random.Random,
-    np_rng: np.random.Generator, device: torch.device, pins: dict[str, str],
+    teachers: tuple[torch.nn.Module, FoldGuard | None], rnd: int, run_id: str,
+    nodes: list[int], rng: random.Random, np_rng: np.random.Generator, device: torch.device,
+    pins: dict[str, str],
 ) -> dict[str, Any]:
     """One round: send knowledge, validate and aggregate replies, distil, evaluate."""
     start = time.monotonic()
+    teacher, guard = teachers
     sampled = rng.sample(nodes, min(cfg.sampled_per_round, len(nodes)))  # uint64 stays int
     m = min(cfg.public_batch_size, len(task.public_x))
     indices = np.sort(np_rng.choice(len(task.public_x), size=m, replace=False)).astype(np.int64)
     public_x = task.public_x[torch.as_tensor(indices)]
     teacher_probs = sent_soft_labels(cfg, teacher, public_x, device, task.kind.knowledge)
-    knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), cfg.encoding, topk=cfg.topk)
+    knowledge = task.kind.knowledge.encode(teacher_probs.numpy(), downlink_encoding(cfg.encoding),
+                                           topk=cfg.topk)
     evaluate = rnd % cfg.evaluate_every == 0 or rnd == cfg.rounds
     plan = RoundPlan(rnd, run_id, cfg.rounds, task.fingerprint, evaluate)
 
@@ -225,7 +246,8 @@ def _run_round(
     # --- distil the teacher on (S_t, aggregate), evaluate
     update = "no aggregate"
     if outcome.aggregate is not None:
-        update = guarded_update(cfg, task, teacher, public_x, outcome.aggregate, rnd, device)
+        update = guarded_update(cfg, task, teacher, public_x, outcome.aggregate, rnd, device,
+                                guard)
     if update != "applied":
         log(WARNING, "Round %s: the teacher update is not applied: %s", rnd, update)
     record = _evaluate(task, teacher, outcome, evaluate, device)

@@ -24,6 +24,7 @@ class Checkpoint:
     teacher_state: dict[str, Any]
     rng_state: dict[str, Any]
     history: list[dict[str, Any]]
+    shadow_states: list[dict[str, Any]] | None = None  # teacher-folds' shadow teachers
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:

@@ -1,5 +1,5 @@
 """Knowledge codec: round trips within each encoding's documented error, and a decoder
-that rejects every bad payload with KnowledgeError (fuzzed with 10,000 inputs)."""
+that rejects every bad payload with KnowledgeError (fuzzed with 12,500 inputs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.distill.codec import ENCODINGS, decode_knowledge, encode_knowledge, payload_nbytes
+from common.distill.codec import (
+    ENCODINGS,
+    decode_knowledge,
+    downlink_encoding,
+    encode_knowledge,
+    payload_nbytes,
+    sent_rows,
+)
 from common.errors import ConfigError, KnowledgeError
 
 # Documented round-trip error per entry (see the table in common/distill/codec.py).
@@ -54,8 +61,14 @@ def test_round_trip_within_documented_error(encoding: str, m: int, c: int, alpha
     assert decoded.dtype == np.float32 and decoded.shape == (m, c)
     np.testing.assert_allclose(decoded.sum(axis=1), 1.0, atol=1e-5)
     assert decoded.min() >= 0
+    _check_decoded(encoding, probs, decoded, min(3, c))
+
+
+def _check_decoded(encoding: str, probs: np.ndarray, decoded: np.ndarray, k: int) -> None:
     if encoding == "topk":
-        _check_topk(probs, decoded, min(3, c))
+        _check_topk(probs, decoded, k)
+    elif encoding == "votes":  # the most likely class, one-hot
+        np.testing.assert_array_equal(decoded, np.eye(probs.shape[1])[probs.argmax(axis=1)])
     else:
         assert np.abs(decoded - probs).max() <= TOLERANCE[encoding]
 
@@ -86,13 +99,42 @@ def test_one_hot_rows_are_exact() -> None:
         pytest.param(
             "topk", {"indices": ("int16", (8, 2)), "values": ("float16", (8, 2))}, id="topk"
         ),
+        pytest.param("votes", {"votes": ("uint8", (4,))}, id="votes"),  # 8 rows x 4 bits
     ],
 )
 def test_layout_and_size(encoding: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     arrays = encode_knowledge(_probs(8, 10), encoding)
     assert {k: (str(v.dtype), v.shape) for k, v in arrays.items()} == expected
-    size = {"float32": 8 * 10 * 4, "float16": 8 * 10 * 2, "int8": 80 + 32, "topk": 8 * 2 * 4}
+    size = {"float32": 8 * 10 * 4, "float16": 8 * 10 * 2, "int8": 80 + 32, "topk": 8 * 2 * 4,
+            "votes": 4}
     assert payload_nbytes(arrays) == size[encoding]
+
+
+def test_votes_cost_one_bit_per_row_for_two_classes() -> None:
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]] * 1350)[:4049]
+    arrays = encode_knowledge(probs, "votes")
+    assert payload_nbytes(arrays) == 507  # ceil(4049 / 8)
+    assert payload_nbytes(encode_knowledge(probs, "float16")) == 4049 * 2 * 2
+    np.testing.assert_array_equal(_decode(arrays, "votes", 4049, 2).argmax(1), probs.argmax(1))
+
+
+def test_votes_go_up_only_and_the_secure_sum_takes_them_one_hot() -> None:
+    assert downlink_encoding("votes") == "float16"
+    assert [downlink_encoding(e) for e in ENCODINGS if e != "votes"] == [
+        e for e in ENCODINGS if e != "votes"]
+    probs = np.array([[0.3, 0.7, 0.0], [0.5, 0.2, 0.3]])
+    np.testing.assert_array_equal(sent_rows(probs, "votes"), [[0, 1, 0], [1, 0, 0]])
+    assert sent_rows(probs, "float16") is probs
+
+
+def test_votes_with_padding_bits_set_are_rejected() -> None:
+    # 3 rows of 1 bit: the byte's 5 high bits are padding and an honest encoder zeroes them
+    with pytest.raises(KnowledgeError, match="non-zero padding bits"):
+        decode_knowledge({"votes": np.array([0b00001010], np.uint8)}, "votes", num_rows=3,
+                         num_classes=2)
+    decoded = decode_knowledge({"votes": np.array([0b00000010], np.uint8)}, "votes",
+                               num_rows=3, num_classes=2)
+    np.testing.assert_array_equal(decoded.argmax(1), [0, 1, 0])
 
 
 def test_topk_uses_int32_indices_beyond_int16() -> None:
@@ -210,6 +252,15 @@ INVALID = [
         "dtype int64, expected int16 or int32",
         id="topk-int64",
     ),
+    # 4 rows of 2 bits (3 classes) fill one byte; the first row votes 0b11 = class 3
+    pytest.param("votes", {"votes": np.array([0b11], np.uint8)}, "votes for class 3",
+                 id="votes-class-out-of-range"),
+    pytest.param("votes", {"votes": np.zeros(2, np.uint8)}, r"shape \(2,\), expected \(1,\)",
+                 id="votes-too-long"),
+    pytest.param("votes", {"votes": np.zeros(1, np.int8)}, "dtype int8, expected uint8",
+                 id="votes-int8"),
+    pytest.param("votes", {"probs": np.full((4, 3), 1 / 3, np.float32)}, "missing",
+                 id="votes-as-probs"),
 ]
 
 
@@ -231,8 +282,8 @@ def test_payload_nbytes_rejects_non_arrays() -> None:
 # Hypothesis chooses the structure of each case (which kind, which mutation, dtype,
 # shape, keys) and a seed; numpy fills the arrays from the seed with a mix of ordinary
 # and hostile values. Drawing elements one by one through hypothesis was 4x slower.
-FUZZ_EXAMPLES_PER_ENCODING = 2500  # x 4 encodings = 10,000 decoder inputs
-KEYS = ["probs", "codes", "scale", "indices", "values", "x"]
+FUZZ_EXAMPLES_PER_ENCODING = 2500  # x 5 encodings = 12,500 decoder inputs
+KEYS = ["probs", "codes", "scale", "indices", "values", "votes", "x"]
 DTYPES = [
     np.float16,
     np.float32,
@@ -369,10 +420,7 @@ def _fuzz(encoding: str, tally: dict[str, int]) -> Callable[..., None]:
         assert np.all(decoded >= 0) and np.all(decoded <= 1)
         np.testing.assert_allclose(decoded.sum(axis=1), 1.0, atol=1e-5)
         if probs is not None:
-            if encoding == "topk":
-                _check_topk(probs, decoded, k)
-            else:
-                assert np.abs(decoded - probs).max() <= TOLERANCE[encoding]
+            _check_decoded(encoding, probs, decoded, k)
 
     return check
 

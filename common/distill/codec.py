@@ -15,7 +15,15 @@ encoding     arrays                                         round-trip error (pe
              ``values`` float16 (m, k)                       rounding); the other C - k
                                                              share the remaining mass
                                                              equally (maximum entropy)
+``votes``    ``votes`` uint8 (ceil(m·b / 8),), the class of  the row's most likely class
+             each row in b = ceil(log2 C) bits, packed       only, as a one-hot row
 ============ ============================================== ==============================
+
+``votes`` is a reply encoding (PATE-style hard votes): a client says only which class
+its student picks, one bit per public example for two classes, and the mean of the
+replies is each class's share of the votes. The teacher's own knowledge, which the
+students distil from, still goes down as float16 probabilities: see
+:func:`downlink_encoding`.
 
 Every decoder returns float32 rows clipped to [0, 1] and renormalised to sum to 1, so
 downstream code can rely on the simplex. ``topk`` uses int16 indices up to 32767 classes
@@ -42,9 +50,10 @@ import numpy as np
 
 from common.errors import ConfigError, KnowledgeError
 
-__all__ = ["ENCODINGS", "decode_knowledge", "encode_knowledge", "payload_nbytes"]
+__all__ = ["ENCODINGS", "decode_knowledge", "downlink_encoding", "encode_knowledge",
+           "payload_nbytes", "sent_rows"]
 
-ENCODINGS: tuple[str, ...] = ("float32", "float16", "int8", "topk")
+ENCODINGS: tuple[str, ...] = ("float32", "float16", "int8", "topk", "votes")
 
 # Keys and accepted dtypes of each encoding's arrays.
 _LAYOUT: dict[str, dict[str, tuple[np.dtype[Any], ...]]] = {
@@ -55,6 +64,7 @@ _LAYOUT: dict[str, dict[str, tuple[np.dtype[Any], ...]]] = {
         "indices": (np.dtype(np.int16), np.dtype(np.int32)),
         "values": (np.dtype(np.float16),),
     },
+    "votes": {"votes": (np.dtype(np.uint8),)},
 }
 _ENCODE_ATOL = 1e-3  # how far from the simplex a row handed to the encoder may be
 
@@ -89,7 +99,28 @@ def encode_knowledge(probs: np.ndarray, encoding: str, *, topk: int = 2) -> dict
         return {"probs": p.astype(np.float16)}
     if encoding == "int8":
         return _encode_int8(p)
+    if encoding == "votes":
+        return _encode_votes(p)
     return _encode_topk(p, topk)
+
+
+def downlink_encoding(encoding: str) -> str:
+    """The encoding of the teacher's knowledge sent to the clients for a reply
+    ``encoding``: the same, except that votes go up only (the students distil from the
+    teacher's probabilities, which cost no privacy and are sent once to each client)."""
+    return "float16" if encoding == "votes" else encoding
+
+
+def sent_rows(probs: np.ndarray, encoding: str) -> np.ndarray:
+    """The rows a reply in ``encoding`` tells the coordinator: one-hot votes for votes,
+    the probabilities otherwise (the masked sum of secure aggregation takes these)."""
+    if encoding != "votes":
+        return probs
+    return np.eye(probs.shape[1], dtype=probs.dtype)[np.asarray(probs).argmax(axis=1)]
+
+
+def _vote_bits(num_classes: int) -> int:
+    return max(1, (num_classes - 1).bit_length())
 
 
 def _simplex_rows(probs: np.ndarray) -> np.ndarray:
@@ -135,6 +166,13 @@ def _encode_topk(p: np.ndarray, k: int) -> dict[str, np.ndarray]:
     return {"indices": idx.astype(index_dtype), "values": values.astype(np.float16)}
 
 
+def _encode_votes(p: np.ndarray) -> dict[str, np.ndarray]:
+    bits = _vote_bits(p.shape[1])
+    classes = p.argmax(axis=1)  # the lowest index wins a tie
+    planes = (classes[:, None] >> np.arange(bits)) & 1  # (m, b), least significant first
+    return {"votes": np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little")}
+
+
 # ---------------------------------------------------------------------------- decode
 def decode_knowledge(
     arrays: Mapping[str, np.ndarray],
@@ -178,6 +216,8 @@ def decode_knowledge(
             probs = _decode_dense(payload["probs"], num_rows, num_classes)
         elif encoding == "int8":
             probs = _decode_int8(payload["codes"], payload["scale"], num_rows, num_classes)
+        elif encoding == "votes":
+            probs = _decode_votes(payload["votes"], num_rows, num_classes)
         else:
             probs = _decode_topk(payload["indices"], payload["values"], num_rows, num_classes, atol)
         return _finish(probs, atol)
@@ -298,6 +338,21 @@ def _decode_topk(
         probs += rest[:, None]
     np.put_along_axis(probs, indices.astype(np.int64), vals, axis=1)
     return probs
+
+
+def _decode_votes(votes: np.ndarray, num_rows: int, num_classes: int) -> np.ndarray:
+    bits = _vote_bits(num_classes)
+    _check_shape("votes", votes, (-(-num_rows * bits // 8),))
+    planes = np.unpackbits(votes, bitorder="little")
+    if planes[num_rows * bits:].any():  # an honest encoder leaves the padding zero
+        raise KnowledgeError("'votes' has non-zero padding bits after the last row")
+    classes = planes[:num_rows * bits].reshape(num_rows, bits).astype(np.int64) @ (
+        1 << np.arange(bits))
+    if (classes >= num_classes).any():
+        row = int(np.argmax(classes >= num_classes))
+        raise KnowledgeError(
+            f"row {row} votes for class {classes[row]}, expected 0..{num_classes - 1}")
+    return np.eye(num_classes)[classes]
 
 
 def _check_range(name: str, probs: np.ndarray, atol: float) -> None:

@@ -13,6 +13,7 @@ better; token accuracy beside it; the bigram reference) for whoever regenerates 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def _row(row: dict[str, Any]) -> str:
     f, p, c = row["final"], row["privacy"], row["communication"]
     teacher = ("—" if f.get("teacher_perplexity") is None else
                f"{ppl(f['teacher_perplexity_initial'])} → {ppl(f['teacher_perplexity'])}")
-    eps = "∞ (no DP)" if p.get("epsilon_max") is None else f"{p['epsilon_max']:.2f}"
+    eps_max = p.get("epsilon_max")
+    eps = "∞ (no DP)" if eps_max is None or not math.isfinite(eps_max) else f"{eps_max:.2f}"
     return (f"| {row['method']} | {row['seed']} | {row.get('private_step', '—')} | {teacher} "
             f"| {ppl(f.get('ensemble_perplexity'))} | {_acc(f.get('ensemble_token_accuracy'))} "
             f"| {ppl(f.get('student_perplexity_mean'))} | {eps} ({p['budget']}) | "

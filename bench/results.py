@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import results_forecast
+from bench import results_forecast, results_lm
 from bench.pages import lines as page_lines
 from bench.pages import text
 from common.environment import environment
@@ -97,6 +97,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         if results_forecast.is_forecast(data["rows"]):  # MSE, not accuracy
             lines += results_forecast.section(preset, data["rows"], header)
             lines += tuning_table(RESULTS / f"tuning-{preset}.json")
+            continue
+        if results_lm.is_lm(data["rows"]):  # perplexity, not accuracy
+            lines += results_lm.section(preset, data["rows"], header)
             continue
         lines += [*header,
                   "| method | seed | private step | teacher (initial → final) | ensemble "

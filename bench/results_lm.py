@@ -1,26 +1,18 @@
-"""The lm preset's rows: federated distillation at ε = 8, non-private FD, local-only DP.
+"""The lm preset's section of docs/RESULTS.md: test perplexity (lower is better), token
+accuracy beside it, and the bigram reference.
 
-    python -m bench.results_lm [--seeds 0,1,2] [--set key=value ...]
-
-Runs ``fedistill simulate --preset lm`` (federated distillation, and the same with
-``dp = false``) through Flower's Simulation Engine, and the local-only DP baseline on the
-same split, with ``bench.results``' own harness, and saves the summaries in
-``bench/results/lm.json`` after every seed. It does not touch docs/RESULTS.md:
-:func:`section` renders the rows as a results-page section (test perplexity, lower is
-better; token accuracy beside it; the bigram reference) for whoever regenerates the page.
+The rows come from ``python -m bench.results --preset lm --methods
+federated-distillation,non-private-fd,local-only`` (Flower's Simulation Engine for the
+federations, the local-only DP baseline on the same split).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from bench.results import RESULTS, ROOT, run_preset, save_rows
 from common.metrics import mean_interval
 
 METHODS = ("federated-distillation", "non-private-fd", "local-only")
@@ -99,24 +91,3 @@ def _interval(values: list[float]) -> str:
         return "—"
     mean, lo, hi = mean_interval(values)
     return ppl(mean) + ("" if np.isnan(lo) else f" [{ppl(lo)}, {ppl(hi)}]")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--set", dest="sets", action="append", default=[])
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    methods = tuple(m.strip() for m in args.methods.split(","))
-    command = (f"python -m bench.results_lm --seeds {args.seeds} --methods {','.join(methods)}"
-               + "".join(f" --set {s}" for s in args.sets))
-    for seed in (int(s) for s in args.seeds.split(",")):
-        rows = run_preset("lm", seed, args.sets, Path(args.runs_dir), methods)
-        save_rows(RESULTS / "lm.json", rows, command)  # per seed: a crash loses no run
-    print(f"wrote {RESULTS / 'lm.json'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -128,10 +128,10 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         lines += tuning_table(RESULTS / f"tuning-{preset}.json")
     lines += stability_section(
         RESULTS / "stability.json",
-        ("`--set teacher-fold-alpha=0.05` (an update must pass a sign test)",
-         RESULTS / "stability-alpha.json"),
-        ("before: float16 soft labels, a held-out fifth (`default-soft-heldout`)",
-         RESULTS / "stability-validation.json"))
+        ("`--set teacher-fold-alpha=0.05` (an update must pass a sign test; in process "
+         "too)", RESULTS / "stability-alpha.json"),
+        ("before: float16 soft labels, a held-out fifth (`default-soft-heldout`; through "
+         "Flower's Simulation Engine)", RESULTS / "stability-validation.json"))
     lines += recipes_section(RESULTS)
     return text("RESULTS.md.j2", body="".join(line + "\n" for line in lines))
 

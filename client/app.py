@@ -171,8 +171,7 @@ def _client_round(cfg: FedConfig, node: NodeSettings, plan: RoundPlan, indices: 
     # (b) distil towards the teacher's knowledge on the public batch: public data, no ε
     rows = torch.as_tensor(indices, dtype=torch.long)
     kind = task.kind.knowledge
-    teacher = kind.decode(knowledge, downlink_encoding(cfg.encoding), num_rows=len(rows),
-                          num_classes=task.width)
+    teacher = task.decode(knowledge, downlink_encoding(cfg.encoding), num_rows=len(rows))
     public_x = task.public_x[rows]
     distill(student, public_x, torch.as_tensor(teacher), temperature=cfg.temperature,
             epochs=cfg.student_distill_epochs, lr=cfg.student_distill_lr, device=device,

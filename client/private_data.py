@@ -2,7 +2,8 @@
 
 In simulation every client takes its partition of the dataset's private role. A real
 node instead points ``data-dir`` (SuperNode ``--node-config``) at a local directory with
-a ``train.csv`` / ``.tsv`` / ``.jsonl`` (columns ``text``, ``label``). The texts are
+a ``train.csv`` / ``.tsv`` / ``.jsonl`` (columns ``text``, ``label``), or for language
+modelling plain ``*.txt`` documents cut into the federation's windows. The texts are
 encoded with the federation's tokenizer (rebuilt from ``task.tokenizer_json``, the
 one whose fingerprint the coordinator checks), and labels are mapped to the dataset's
 agreed class names, so that label ids mean the same on every node even when one node's
@@ -44,7 +45,9 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
     """
     if not task.tokenizer_json:  # the files hold texts for the federation tokenizer
         raise DataError(f"data-dir {directory}: dataset={dataset!r} is a {task.task!r} "
-                        "task; a node's own files are read for text classification only.")
+                        "task; a node's own files are read for text tasks only.")
+    if task.positions:  # language modelling: plain text, no labels
+        return _token_windows(directory, task)
     names = _class_names(dataset, seed)
     split = load_text_classification_dir(directory, class_names=names or None)
     if len(split) == 0 or split.texts is None or split.labels is None:
@@ -58,3 +61,19 @@ def load_private_dir(directory: Path, task: PreparedTask, *, dataset: str, seed:
         return encode(list(split.texts)), y
     x = encode_batch(_tokenizer(task.tokenizer_json), list(split.texts), max_len)
     return x, y
+
+
+def _token_windows(directory: Path, task: PreparedTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, next tokens), both (N, T), of the node's ``*.txt`` files: each file a
+    document, cut into windows as the simulated private role is (common/task_kinds.py)."""
+    from common.data import encode_stream
+    from common.task_kinds import stream_windows
+
+    files = sorted(directory.glob("*.txt"))
+    if not files:
+        raise DataError(f"data-dir {directory} holds no .txt file; a language-modelling "
+                        "node reads its documents from plain text files there.")
+    texts = [f.read_text(encoding="utf-8") for f in files]
+    windows = stream_windows(encode_stream(_tokenizer(task.tokenizer_json), texts),
+                             task.positions + 1)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

@@ -19,9 +19,10 @@ from typing import Any
 from common.errors import ConfigError
 
 # text families read token ids (or a backbone's features); vit and image-cnn read images;
-# forecaster (a Transformer) and forecast-mlp read windows of a time series
+# forecaster (a Transformer) and forecast-mlp read windows of a time series; gpt and
+# lstm-lm read windows of tokens and predict the next token at each position
 STUDENT_FAMILIES = ("transformer", "lstm", "cnn", "probe", "probe-mlp", "encoder", "vit",
-                    "image-cnn", "forecaster", "forecast-mlp")
+                    "image-cnn", "forecaster", "forecast-mlp", "gpt", "lstm-lm")
 TEACHER_FAMILIES = STUDENT_FAMILIES
 # heads on a frozen pretrained encoder's cached features (common/models/heads.py)
 FEATURE_FAMILIES = ("probe", "probe-mlp")
@@ -97,7 +98,7 @@ class FedConfig:
     # --- knowledge exchange
     temperature: float = 2.0  # softening of both teacher and student probabilities
     encoding: str = "float16"  # float32 | float16 | int8 | topk | votes (replies only)
-    topk: int = 2  # kept entries per row for encoding = topk
+    topk: int = 2  # kept entries per row for encoding = topk (next tokens: always top-k)
     aggregation: str = "weighted-mean"  # one of AGGREGATIONS (mean, ..., dsfl, norm-filter)
     trim_fraction: float = 0.2  # for trimmed-mean
     dsfl_temperature: float = 0.5  # sharpening for dsfl (< 1 lowers entropy)

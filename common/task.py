@@ -4,7 +4,8 @@ The coordinator and every client load the same dataset roles and encode every ro
 the inputs of its task's kind (common/task_kinds.py). For text classification they train
 the same WordPiece tokenizer on the *non-private* texts (public pool + teacher set) and
 encode everything to token ids; private texts never reach the tokenizer, whose vocabulary
-would otherwise leak them. Images, and windows of a time series, are used as they are.
+would otherwise leak them (for language modelling: a character tokenizer, each role cut
+into windows of tokens). Images, and windows of a time series, are used as they are.
 Messages then carry only indices into the public set; the coordinator sends a fingerprint
 (the tokenizer's, or the public images' or windows') so a client that loaded something
 else refuses to go on.
@@ -17,7 +18,7 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,22 @@ class PreparedTask:
     valid_x: Tensor | None = None
     valid_y: Tensor | None = None
     task: str = "classification"  # the dataset's task: its kind (common/task_kinds.py)
-    width: int = 0  # columns of a knowledge row: classes, or horizon x targets (forecasts)
+    width: int = 0  # columns of a knowledge row: classes, horizon x targets (forecasts),
+    #                 or positions x vocabulary (next tokens)
     block_gap: int = 0  # time-blocks: windows dropped between two clients' blocks
+    positions: int = 0  # next tokens: the T positions of a window (0 for other tasks)
 
     @property
     def kind(self) -> TaskKind:
         return task_kind(self.task, self.dataset)
+
+    def decode(self, arrays: Mapping[str, np.ndarray], encoding: str, *,
+               num_rows: int) -> np.ndarray:
+        """The task's knowledge decoder on an untrusted payload, with this task's row
+        shape: (num_rows, width), or a KnowledgeError."""
+        extra = {"positions": self.positions} if self.kind.knowledge.sparse else {}
+        return self.kind.knowledge.decode(arrays, encoding, num_rows=num_rows,
+                                          num_classes=self.width, **extra)
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,31 +85,47 @@ def prepare_task(dataset: str, seed: int, vocab_size: int, max_len: int) -> Prep
     kind = task_kind(roles.task, dataset)
     encoded = kind.inputs.prepare(roles, vocab_size, max_len)
 
-    def labels(y: np.ndarray | None, role: str) -> Tensor:
-        if y is None:
-            raise DataError(f"dataset={dataset!r} has no labels for its {role} role.")
+    def role(name: str) -> tuple[Tensor, Tensor]:
+        split = roles.role(name)
+        x = encoded.encode(split)
+        if encoded.shift:  # language modelling: the targets are the inputs moved by one
+            return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+        if split.labels is None:
+            raise DataError(f"dataset={dataset!r} has no labels for its {name} role.")
         # a copy (roles are read-only): class ids, or target windows (N, horizon, n_out)
-        return torch.tensor(np.asarray(y), dtype=kind.knowledge.label_dtype)
+        return x, torch.tensor(np.asarray(split.labels), dtype=kind.knowledge.label_dtype)
 
-    teacher_y = np.asarray(roles.teacher.labels)
+    (private_x, private_y), (teacher_x, teacher_y), (test_x, test_y) = (
+        role("private"), role("teacher"), role("test"))
+    public_x = encoded.encode(roles.public)
+    positions = int(teacher_x.shape[1]) if encoded.shift else 0
     return PreparedTask(
         dataset=dataset,
         num_classes=roles.num_classes,
         vocab_size=encoded.vocab_size,
         fingerprint=encoded.fingerprint,
         tokenizer_json=encoded.tokenizer_json,
-        private_x=encoded.encode(roles.private),
-        private_y=labels(roles.private.labels, "private"),
-        private_groups=roles.private.groups,
-        public_x=encoded.encode(roles.public),
-        teacher_x=encoded.encode(roles.teacher),
-        teacher_y=labels(roles.teacher.labels, "teacher"),
-        test_x=encoded.encode(roles.test),
-        test_y=labels(roles.test.labels, "test"),
+        private_x=private_x,
+        private_y=private_y,
+        # windows of a stream carry no document's key
+        private_groups=None if encoded.shift else roles.private.groups,
+        public_x=public_x[:, :-1].contiguous() if encoded.shift else public_x,
+        teacher_x=teacher_x,
+        teacher_y=teacher_y,
+        test_x=test_x,
+        test_y=test_y,
         task=kind.name,
-        width=roles.num_classes or int(np.prod(teacher_y.shape[1:])),
+        width=_width(roles.num_classes, teacher_y, positions, encoded.vocab_size),
         block_gap=_block_gap(roles.info),
+        positions=positions,
     )
+
+
+def _width(num_classes: int, teacher_y: Tensor, positions: int, vocab_size: int) -> int:
+    """Columns of a knowledge row: classes; horizon x targets; positions x vocabulary."""
+    if positions:
+        return positions * vocab_size
+    return num_classes or int(np.prod(teacher_y.shape[1:]))
 
 
 def _block_gap(info: dict) -> int:
@@ -120,8 +147,10 @@ def client_partitions(
     if scheme == "time-blocks":
         return tuple(time_blocks(len(task.private_x), num_clients, gap=task.block_gap,
                                  seed=seed))
+    # class ids where a scheme reads them; windows of tokens (N, T) only need their count
+    labels = task.private_y.numpy() if task.private_y.dim() == 1 else len(task.private_y)
     parts = partition(
-        task.private_y.numpy(),
+        labels,
         num_clients,
         scheme=scheme,
         alpha=alpha,
@@ -233,6 +262,12 @@ def check_fits(cfg: FedConfig, task: PreparedTask, family: str) -> None:
         raise ConfigError(f"partition={cfg.partition!r} does not fit {kind.inputs.name} "
                           f"(dataset={cfg.dataset!r}): use one of "
                           f"{', '.join(kind.inputs.partitions)}.")
+    if knowledge.sparse and cfg.secure_aggregation:
+        # SecAgg+ sums dense vectors of one shape: each client's top-k support differs, so
+        # it would have to mask all m x T x V entries (8 bytes each, the sparse saving
+        # gone), and a masked sum cannot be checked as a sparse reply is
+        raise ConfigError(f"secure-aggregation=true sums dense vectors; {knowledge.name} "
+                          "are sent top-k sparse: turn secure aggregation off for this task.")
     if not knowledge.simplex and cfg.secure_aggregation:
         # coordinator/secure.py quantizes each entry within [0, 1] (CLIPPING_RANGE): a
         # forecast outside it would be clipped in the masked sum without a word

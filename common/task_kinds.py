@@ -10,7 +10,9 @@ Text classification and small images are both classification: the knowledge on a
 example is its class probabilities, so both use :data:`CLASS_PROBABILITIES` and differ
 only in their inputs (the federation tokenizer's token ids; images as they are).
 Forecasting exchanges :data:`FORECASTS` (each public window's H-step forecast, a float
-vector: regression distillation) about :data:`WINDOWS` of a series.
+vector: regression distillation) about :data:`WINDOWS` of a series. Language modelling
+exchanges :data:`NEXT_TOKENS` (each public window's next-token distribution at every
+position, sent top-k sparse) about :data:`TOKEN_WINDOWS` of a corpus.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from common.config import AGGREGATIONS, BACKBONE_FAMILIES, ENCODINGS, PARTITIONS
-from common.data import DatasetRoles, Split, encode_batch, tokenizer_fingerprint, train_tokenizer
+from common.data import (
+    DatasetRoles,
+    Split,
+    encode_batch,
+    encode_stream,
+    tokenizer_fingerprint,
+    train_tokenizer,
+)
 from common.distill.codec import decode_knowledge, encode_knowledge
 from common.distill.forecasts import (
     FORECAST_ENCODINGS,
@@ -34,6 +43,16 @@ from common.distill.forecasts import (
     forecast_loss,
 )
 from common.distill.losses import kd_loss, soften
+from common.distill.next_tokens import (
+    NEXT_TOKEN_ENCODINGS,
+    TokenCrossEntropy,
+    decode_next_tokens,
+    encode_next_tokens,
+    next_token_loss,
+    next_token_rows,
+    perplexity,
+    token_accuracy,
+)
 from common.errors import DataError
 from common.metrics import accuracy, mae, mse
 from common.models import FORECAST_FAMILIES, IMAGE_FAMILIES, ForecastMSELoss
@@ -61,6 +80,7 @@ class Knowledge:
     from_outputs: Callable[[Tensor, float], Tensor] = soften  # (model outputs, T) -> rows
     criterion: Callable[[], nn.Module] = nn.CrossEntropyLoss  # supervised loss, DP or not
     label_dtype: torch.dtype = torch.long
+    sparse: bool = False  # top-k sparse on the wire whatever the encoding (next tokens)
 
     @property
     def metrics(self) -> tuple[tuple[str, Metric], ...]:
@@ -99,6 +119,20 @@ FORECASTS = Knowledge("forecasts", encode_forecasts, decode_forecasts,
                       criterion=ForecastMSELoss, label_dtype=torch.float32)
 
 
+# (m, T·V) next-token distributions, decoded dense from top-k + rest (the rest spread
+# over the tokens outside the support): the mean and weighted mean average them over the
+# union of the supports. The median and trimmed mean would not keep a position's mass at
+# 1 (and cut into each client's spread rest); dsfl and norm-filter assume (m, C) rows on
+# the simplex: all four are refused before a run starts.
+NEXT_TOKENS = Knowledge("next-tokens", encode_next_tokens, decode_next_tokens,
+                        ("mean", "weighted-mean"), next_token_loss, perplexity,
+                        metric_name="perplexity", higher_is_better=False,
+                        more_metrics=(("token_accuracy", token_accuracy),),
+                        encodings=NEXT_TOKEN_ENCODINGS, simplex=False,
+                        from_outputs=next_token_rows, criterion=TokenCrossEntropy,
+                        sparse=True)
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A dataset's roles as one kind of inputs: the encoder of a role, and what the
@@ -108,6 +142,9 @@ class Encoded:
     fingerprint: str
     vocab_size: int = 0
     tokenizer_json: str = ""
+    # language modelling: encode() gives windows of T + 1 tokens, whose first T are the
+    # inputs and last T the targets (the next token at each position)
+    shift: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +225,42 @@ def _residual_scale(windows: Tensor, targets: Tensor, season: int) -> float:
     return max(float((targets - naive).pow(2).mean().sqrt()), 1e-6)
 
 
+LM_TOKENIZER = "char"  # one token per character: whitespace and indentation survive
+# decoding (code samples must parse), and V stays ~100, so dense T·V rows are cheap
+LM_TEST_WINDOWS = 256  # evaluation reads this many test windows, evenly spaced
+
+
+def _token_windows(roles: DatasetRoles, vocab_size: int, max_len: int) -> Encoded:
+    """Every role as non-overlapping windows of ``max_len`` + 1 tokens of its stream.
+
+    As for classification the tokenizer sees only the non-private texts. Windows share no
+    token (stride max_len + 1), so one private token is in one window only; a document
+    longer than a window spans several (docs/THREAT_MODEL.md: the unit of privacy is a
+    window). The test role is cut to :data:`LM_TEST_WINDOWS` evenly spaced windows.
+    """
+    corpus = list(roles.public.texts or ()) + list(roles.teacher.texts or ())
+    tok = train_tokenizer(corpus, kind=LM_TOKENIZER, vocab_size=vocab_size)
+
+    def encode(split: Split) -> Tensor:
+        windows = stream_windows(encode_stream(tok, list(split.texts or ())), max_len + 1)
+        if split is roles.test and len(windows) > LM_TEST_WINDOWS:
+            keep = np.linspace(0, len(windows) - 1, LM_TEST_WINDOWS).round().astype(np.int64)
+            windows = windows[torch.from_numpy(keep)]
+        return windows
+
+    return Encoded(encode, tokenizer_fingerprint(tok), tok.get_vocab_size(), tok.to_str(),
+                   shift=True)
+
+
+def stream_windows(stream: Tensor, length: int) -> Tensor:
+    """(N, length) non-overlapping windows of a 1-D token stream (the tail is dropped)."""
+    n = len(stream) // length
+    if n < 1:
+        raise DataError(f"a role of {len(stream)} tokens holds no window of {length}: "
+                        "lower max-len.")
+    return stream[: n * length].reshape(n, length).clone()
+
+
 TOKEN_IDS = Inputs("token-ids", ("transformer", "lstm", "cnn", *BACKBONE_FAMILIES),
                    _token_ids, lambda inputs, labels, cfg: {})
 IMAGES = Inputs("images", IMAGE_FAMILIES, _images, _image_fields)
@@ -195,6 +268,10 @@ IMAGES = Inputs("images", IMAGE_FAMILIES, _images, _image_fields)
 # for each client would put the same private rows with several clients: clients hold
 # contiguous blocks of time instead (common/data/partition.py ``time_blocks``).
 WINDOWS = Inputs("windows", FORECAST_FAMILIES, _windows, _window_fields, ("time-blocks",))
+# windows of a text stream carry no label or natural key: clients draw them at random
+TOKEN_WINDOWS = Inputs("token-windows", ("gpt", "lstm-lm"), _token_windows,
+                       lambda inputs, targets, cfg: {"max_len": int(inputs.shape[1])},
+                       ("iid",))
 
 
 @dataclass(frozen=True)
@@ -208,14 +285,15 @@ TASK_KINDS = {
     "classification": TaskKind("classification", CLASS_PROBABILITIES, TOKEN_IDS),
     "image": TaskKind("image", CLASS_PROBABILITIES, IMAGES),
     "forecast": TaskKind("forecast", FORECASTS, WINDOWS),
+    "lm": TaskKind("lm", NEXT_TOKENS, TOKEN_WINDOWS),
 }
 
 
 def task_kind(task: str, dataset: str = "") -> TaskKind:
-    """The kind of a dataset's ``task``; the others (lm) have no knowledge kind yet."""
+    """The kind of a dataset's ``task`` (every task of common/data/roles.py TASKS)."""
     if task not in TASK_KINDS:
         raise DataError(
             f"dataset={dataset!r} is a {task!r} dataset; federated distillation of soft "
             f"labels needs one of the tasks {', '.join(TASK_KINDS)} (for example "
-            "rotten-tomatoes, digits or seattle-temps).")
+            "rotten-tomatoes, digits, seattle-temps or python-docs).")
     return TASK_KINDS[task]

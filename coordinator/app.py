@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from logging import INFO, WARNING
 from pathlib import Path
@@ -377,13 +378,22 @@ def _validate_all(replies: list[Message], cfg: FedConfig, task: PreparedTask, m:
         result = validate_reply(reply, node_id=int(node_id), encoding=cfg.encoding, num_rows=m,
                                 num_classes=task.width,
                                 num_test=len(task.test_x) if evaluate else None,
-                                decode=task.kind.knowledge.decode)
+                                decode=_decoder(task))
         if isinstance(result, Rejection):
             log(WARNING, "Rejected the reply of node %s: %s", result.node_id, result.reason)
             rejected.append(result)
         else:
             valid.append(result)
     return valid, rejected
+
+
+def _decoder(task: PreparedTask) -> Callable[..., np.ndarray]:
+    """The task's knowledge decoder as validate_reply calls it: ``num_classes`` is always
+    the task's width, and the task adds what else its rows need (next tokens: T)."""
+    def decode(arrays: Any, encoding: str, *, num_rows: int, num_classes: int) -> np.ndarray:
+        del num_classes  # task.width, which validate_reply was given
+        return task.decode(arrays, encoding, num_rows=num_rows)
+    return decode
 
 
 def _evaluate(task: PreparedTask, teacher: torch.nn.Module, outcome: RoundOutcome,

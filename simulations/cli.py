@@ -12,6 +12,7 @@ from simulations.cli_common import console
 from simulations.compress_cli import compress_app
 from simulations.data_cli import data_app
 from simulations.deploy_cli import deploy_app
+from simulations.generate_cli import generate_app
 from simulations.robustness.command import robustness_app
 from simulations.simulate_cli import simulate_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 # Listed in this order by `fedistill --help`: the single commands, then the groups.
 app.add_typer(compress_app)  # compress
 app.add_typer(deploy_app)  # certs, coordinator, node, node-data
+app.add_typer(generate_app)  # generate
 app.add_typer(robustness_app)  # robustness
 app.add_typer(simulate_app)  # simulate
 app.add_typer(data_app, name="data", help="Inspect the registered datasets.")

@@ -1,5 +1,6 @@
 """The simple thing to beat: TF-IDF (or, for images, pixel) + logistic regression on the
-teacher's labels; for forecasting, the seasonal-naive forecast (no training at all).
+teacher's labels; for forecasting, the seasonal-naive forecast (no training at all); for
+language modelling, a smoothed bigram model counted on the teacher's windows.
 
 ``fedistill simulate`` reports it beside the federation, on the same teacher labels and
 the same test set, so a user who brings a dataset sees at once whether the federation
@@ -151,7 +152,29 @@ def _ridge_forecast(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, season: in
     return naive(test_x) + (design(test_x) @ weights).reshape(len(test_x), *y.shape[1:])
 
 
+def bigram_reference(cfg: FedConfig, *, smoothing: float = 0.1) -> dict[str, Any]:
+    """Test perplexity and token accuracy of an add-``smoothing`` bigram model over the
+    run's tokens, counted on the teacher's windows (the coordinator's own text), and of
+    the unigram model beside it: what a model with one token of context reaches."""
+    from common.distill.next_tokens import perplexity, token_accuracy
+    from common.task import prepare_task
+
+    task = prepare_task(cfg.dataset, cfg.seed, cfg.vocab_size, cfg.max_len)
+    v = task.vocab_size
+    prev, nxt = task.teacher_x.numpy().ravel(), task.teacher_y.numpy().ravel()
+    counts = np.full((v, v), smoothing)
+    np.add.at(counts, (prev, nxt), 1.0)
+    bigram = counts / counts.sum(axis=1, keepdims=True)  # (V, V): row = previous token
+    unigram = np.bincount(nxt, minlength=v) + smoothing
+    x, y = task.test_x.numpy(), task.test_y.numpy()
+    rows = bigram[x]  # (N, T, V)
+    flat = np.broadcast_to(unigram / unigram.sum(), rows.shape)
+    return {"bigram_perplexity": perplexity(y, rows), "bigram_token_accuracy":
+            token_accuracy(y, rows), "unigram_perplexity": perplexity(y, flat),
+            "teacher_windows": len(task.teacher_x)}
+
+
 def reference_for(task: str) -> Any:
-    """The reference of a dataset's task: TF-IDF, pixels or seasonal naive."""
-    return {"image": pixel_reference, "forecast": seasonal_naive_reference}.get(
-        task, tfidf_reference)
+    """The reference of a dataset's task: TF-IDF, pixels, seasonal naive or bigrams."""
+    return {"image": pixel_reference, "forecast": seasonal_naive_reference,
+            "lm": bigram_reference}.get(task, tfidf_reference)

@@ -54,7 +54,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     final, privacy, comm = summary["final"], summary["privacy"], summary["communication"]
     name = summary.get("metric", "accuracy")
     more = [(f"{who} {key} (final)", final[f"{who}_{key}"]) for who in ("teacher", "ensemble")
-            for key in ("mae",) if f"{who}_{key}" in final]  # forecasts' second metric
+            for key in ("mae", "token_accuracy")  # forecasts' and next tokens' second
+            if f"{who}_{key}" in final]
     for label, value in [
         (f"teacher {name} (initial)", final.get(f"teacher_{name}_initial")),
         (f"teacher {name} (final)", final.get(f"teacher_{name}")),
@@ -74,6 +75,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if reference and key in reference:
             table.add_row(f"{model} on the teacher's {reference['teacher_labels']} labels",
                           _fmt(reference[key]))
+    if reference and "bigram_perplexity" in reference:
+        table.add_row(f"bigram perplexity (the teacher's {reference['teacher_windows']} "
+                      "windows)", _fmt(reference["bigram_perplexity"]))
     for key in ("mse", "mae"):
         if reference and f"seasonal_naive_{key}" in reference:
             table.add_row(f"seasonal naive {key} (season {reference['season']})",

@@ -224,7 +224,7 @@ def test_plaintext_needs_insecure_and_warns(certs: Path, tmp_path: Path) -> None
 def _task() -> SimpleNamespace:
     tok = train_tokenizer(["a good film", "a bad film", "good fun", "bad plot"] * 5,
                           vocab_size=60, min_frequency=1)
-    return SimpleNamespace(tokenizer_json=tok.to_str(), num_classes=2)
+    return SimpleNamespace(tokenizer_json=tok.to_str(), num_classes=2, positions=0)
 
 
 def test_private_data_dir_uses_the_federations_labels(tmp_path: Path) -> None:

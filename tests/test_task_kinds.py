@@ -1,5 +1,6 @@
-"""The task kinds (common/task_kinds.py): text classification unchanged, images and
-forecasts added (tests/test_forecast_knowledge.py has the forecasts' own checks).
+"""The task kinds (common/task_kinds.py): text classification unchanged, images,
+forecasts and language modelling added (tests/test_forecast_knowledge.py and
+tests/test_lm_knowledge.py have their own checks).
 
 Text classification must prepare exactly what it prepared before the task kinds existed:
 the same tokenizer fingerprint and the same token ids, bit for bit (the digests below were
@@ -18,6 +19,7 @@ from common.data import encode_batch, load_dataset, tokenizer_fingerprint, train
 from common.errors import ConfigError, DataError
 from common.models import build_model
 from common.task import PreparedTask, model_config, prepare_task, task_for
+from common.task_kinds import task_kind
 
 ROLES = ("private_x", "private_y", "public_x", "teacher_x", "teacher_y", "test_x", "test_y")
 # rotten-tomatoes, seed 0, vocab-size 2000, max-len 32, as main prepared it at 747c44f
@@ -92,8 +94,16 @@ def test_a_family_that_cannot_read_the_inputs_is_refused_naming_the_choices() ->
 
 
 def test_a_task_without_a_knowledge_kind_is_refused() -> None:
-    with pytest.raises(DataError, match="'lm' dataset.*classification, image, forecast"):
-        prepare_task("python-docs", 0, 2000, 32)
+    with pytest.raises(DataError, match="'speech' dataset.*classification, image, forecast, lm"):
+        task_kind("speech", "librispeech")
+
+
+def test_python_docs_is_prepared_as_token_windows_with_next_token_knowledge() -> None:
+    task = prepare_task("python-docs", 0, 128, 32)
+    assert (task.task, task.kind.inputs.name, task.kind.knowledge.name) == (
+        "lm", "token-windows", "next-tokens")
+    assert (task.positions, task.width) == (32, 32 * task.vocab_size)
+    assert task.private_y.shape == task.private_x.shape and task.private_y.dtype == torch.long
 
 
 def test_seattle_temps_is_prepared_as_windows_with_forecast_knowledge() -> None:

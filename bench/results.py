@@ -202,9 +202,12 @@ def image_targets_table(preset: str, rows: list[dict[str, Any]]) -> list[str]:
                       ("ensemble_accuracy", "final ensemble of the students")):
         values = [f[key] for f in fd if f.get(key) is not None]
         if values:
-            mean = float(np.mean(values))
+            mean, lo, _ = mean_interval(values)
+            met = _met(mean >= goal, mean - goal)
+            if mean >= goal and lo < goal:  # a pass on the mean alone, said as such
+                met += " on the mean; the interval reaches below the bar"
             lines.append(f"| {what} at ε = {budget:g} ≥ {goal} | {_interval(values)} | "
-                         f"{_met(mean >= goal, mean - goal)} |")
+                         f"{met} |")
     return lines + ["", *page_lines(f"RESULTS/{preset}_note.md")]
 
 

@@ -72,3 +72,10 @@ def test_image_target_is_met_or_missed_with_the_gap() -> None:
     ensemble = next(line for line in lines if "final ensemble" in line)
     assert ensemble.endswith("| yes |")
     assert image_targets_table("default", rows) == []
+
+
+def test_image_target_met_on_the_mean_alone_says_so() -> None:
+    rows = [_row("federated-distillation", s, 2.0, t) for s, t in ((0, 0.88), (1, 0.93))]
+    teacher = next(line for line in image_targets_table("images", rows)
+                   if "final teacher" in line)
+    assert teacher.endswith("| yes on the mean; the interval reaches below the bar |")

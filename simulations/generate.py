@@ -5,21 +5,27 @@
 (``tokenizer.json``); :func:`sample_texts` draws continuations of a prompt with
 temperature, top-k and top-p. :func:`sample_quality` scores samples without a reference:
 distinct-n (the share of unique word n-grams: 1.0 never repeats, near 0 loops), the
-character entropy in bits, and for code the syntax-error rate of finished samples under
+character entropy in bits; for code the syntax-error rate of finished samples under
 ``compile`` (a sample is finished when the model emitted its end-of-document token; an
-unfinished one is cut mid-statement, so it is counted apart rather than as an error).
+unfinished one is cut mid-statement, so it is counted apart rather than as an error), and
+for prose the spelling-error rate: the share of words that pyspellchecker's English word
+list does not know (:func:`spelling_errors`; words and what is skipped are defined in
+:func:`prose_words`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from spellchecker import SpellChecker
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -114,9 +120,56 @@ def syntax_errors(texts: Sequence[str]) -> int:
     return bad
 
 
+# A word: ASCII letters, at most one inner apostrophe (don't, module's).
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# What may wrap a word: quotes, brackets, sentence punctuation, markup (``x``, *y*).
+_EDGE = "\"'`*([{<>}]),.;:!?"
+
+
+def prose_words(text: str) -> Iterator[str]:
+    """The words of ``text`` that a spelling check can judge, lowercased.
+
+    A whitespace-separated token loses the punctuation around it and is split at hyphens;
+    a part is a word when it is letters only (see ``_WORD``) and at least 2 long. The rest
+    is skipped rather than counted as misspelled: python-docs is full of identifiers and
+    code (``sys.path``, ``__init__``, ``utf8``, ``f(x)``) whose underscores, digits, dots
+    or brackets say they are names, not English, and single letters (``x``, ``a``) are
+    variables as often as words.
+    """
+    for token in text.split():
+        for part in token.strip(_EDGE).lower().split("-"):
+            if len(part) > 1 and _WORD.fullmatch(part):
+                yield part
+
+
+@functools.cache
+def _english() -> frozenset[str]:
+    """pyspellchecker's English word list (building it takes about a second)."""
+    return frozenset(SpellChecker(language="en").word_frequency.dictionary)
+
+
+def spelling_errors(texts: Sequence[str]) -> float | None:
+    """The share of the words of ``texts`` (:func:`prose_words`, every occurrence counted)
+    that the English word list does not know; None when ``texts`` has no word."""
+    words = [w for text in texts for w in prose_words(text)]
+    if not words:
+        return None
+    # membership, not SpellChecker.unknown: that one silently skips very long tokens, and
+    # a looping character model writes exactly those
+    known = _english()
+    return sum(w not in known for w in words) / len(words)
+
+
+def _cut_last_word(text: str) -> str:
+    """``text`` without a last word that may have been cut off mid-way (no space after)."""
+    return re.sub(r"\S+\Z", "", text)
+
+
 def sample_quality(samples: Sequence[tuple[str, bool]], *, code: bool) -> dict[str, Any]:
     """distinct-1/2, character entropy; for code the syntax-error rate of finished
-    samples (None when no sample finished) and how many finished."""
+    samples (None when no sample finished) and how many finished; for prose the
+    spelling-error rate (None when there is no word), where an unfinished sample's last
+    word is left out since generation may have stopped inside it."""
     texts = [text for text, _ in samples]
     quality: dict[str, Any] = {"samples": len(texts), "distinct_1": distinct_n(texts, 1),
                                "distinct_2": distinct_n(texts, 2),
@@ -125,4 +178,7 @@ def sample_quality(samples: Sequence[tuple[str, bool]], *, code: bool) -> dict[s
         done = [text for text, finished in samples if finished]
         quality["finished"] = len(done)
         quality["syntax_error_rate"] = syntax_errors(done) / len(done) if done else None
+    else:
+        whole = [text if finished else _cut_last_word(text) for text, finished in samples]
+        quality["spelling_error_rate"] = spelling_errors(whole)
     return quality

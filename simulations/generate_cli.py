@@ -12,7 +12,8 @@ from simulations.cli_common import console
 
 generate_app = typer.Typer()
 
-# datasets whose documents are code: their samples are also scored by Python's compiler
+# datasets whose documents are code: their samples are also scored by Python's compiler;
+# the samples of every other dataset by an English word list (the spelling-error rate)
 CODE_DATASETS = ("python-code",)
 
 
@@ -28,8 +29,9 @@ def generate(
     top_p: Annotated[float | None, typer.Option(help="Nucleus: keep this much mass.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampling.")] = 0,
     weights: Annotated[str, typer.Option(help="The state dict in RUN to load.")] = "teacher.pt",
-    quality: Annotated[bool, typer.Option(help="Print distinct-n, character entropy and, "
-                                          "for code, the syntax-error rate as JSON.")] = False,
+    quality: Annotated[bool, typer.Option(help="Print distinct-n, character entropy and "
+                                          "the syntax-error rate (code) or spelling-error "
+                                          "rate (prose) as JSON.")] = False,
 ) -> None:
     """Print text sampled from the run's teacher (or --weights teacher-round0.pt)."""
     from common.config import FedConfig, load_toml

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,10 @@ from simulations.generate import (
     char_entropy,
     distinct_n,
     load_run_model,
+    prose_words,
     sample_quality,
     sample_texts,
+    spelling_errors,
     syntax_errors,
 )
 
@@ -86,6 +89,51 @@ def test_quality_scores_only_finished_samples_for_syntax() -> None:
     assert sample_quality([("x", False)], code=True)["syntax_error_rate"] is None
 
 
+PROSE = ("Return a new list containing all items from the iterable in ascending order. "
+         "A custom key function can be supplied to customize the sort order, and the "
+         "reverse flag can be set to request the result in descending order.")
+
+
+def _scramble(text: str) -> str:
+    """Each word's letters rotated by one (``the order.`` -> ``het rdero.``)."""
+    return re.sub(r"[A-Za-z]+", lambda m: m.group()[1:] + m.group()[0], text)
+
+
+def test_prose_words_keep_english_and_skip_names() -> None:
+    text = ("The `sys.path` list (see __init__, utf8 and f(x)) isn't well-known; "
+            "\"Quoted,\" a x.")
+    assert list(prose_words(text)) == ["the", "list", "see", "and", "isn't", "well",
+                                       "known", "quoted"]
+
+
+def test_spelling_error_rate_of_prose_and_of_scrambled_prose() -> None:
+    assert spelling_errors([PROSE]) == pytest.approx(1 / 37)  # the list lacks "iterable"
+    assert spelling_errors([_scramble(PROSE)]) > 0.8  # 34 of 37 (orts, ni, ni are words)
+
+
+def test_spelling_error_rate_exact() -> None:
+    assert spelling_errors(["The cat", "sat teh"]) == pytest.approx(1 / 4)
+    assert spelling_errors(["Recieve the apple, seperate the pear."]) == pytest.approx(2 / 6)
+    # a loop of letters longer than any word is an error (SpellChecker.unknown skips it)
+    assert spelling_errors(["the " + "ab" * 30]) == pytest.approx(0.5)
+    assert spelling_errors(["the the the teh"]) == pytest.approx(1 / 4)  # every occurrence
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["x = 1 + 2", "__init__ sys.path 42"]])
+def test_spelling_error_rate_without_words_is_none(texts: list[str]) -> None:
+    assert spelling_errors(texts) is None
+
+
+def test_quality_scores_spelling_for_prose_only() -> None:
+    # an unfinished sample's last word may be cut off ("ord"), so it is left out
+    samples = [("sort the list in ord", False), ("a new lsit.", True), ("x", False)]
+    quality = sample_quality(samples, code=False)
+    assert quality["spelling_error_rate"] == pytest.approx(1 / 6)
+    assert "syntax_error_rate" not in quality and "finished" not in quality
+    assert "spelling_error_rate" not in sample_quality(samples, code=True)
+    assert sample_quality([("x", False)], code=False)["spelling_error_rate"] is None
+
+
 # ---------------------------------------------------------------- sampling
 def test_samples_continue_the_prompt_and_are_repeatable(tmp_path: Path) -> None:
     run = load_run_model(_run(tmp_path / "run"))
@@ -119,8 +167,13 @@ def test_a_run_without_a_language_model_is_refused(tmp_path: Path) -> None:
         load_run_model(root)
 
 
-def test_the_command_prints_samples_and_their_quality(tmp_path: Path) -> None:
-    root = _run(tmp_path / "run")
+@pytest.mark.parametrize("dataset,rate,other", [
+    ("python-code", "syntax_error_rate", "spelling_error_rate"),
+    ("python-docs", "spelling_error_rate", "syntax_error_rate"),
+])
+def test_the_command_prints_samples_and_their_quality(tmp_path: Path, dataset: str,
+                                                       rate: str, other: str) -> None:
+    root = _run(tmp_path / "run", dataset=dataset)
     result = CliRunner().invoke(app, ["generate", str(root), "--prompt", "class ",
                                       "--samples", "2", "--max-new-tokens", "30",
                                       "--temperature", "0.9", "--top-k", "20", "--top-p",
@@ -129,4 +182,5 @@ def test_the_command_prints_samples_and_their_quality(tmp_path: Path) -> None:
     assert result.output.count("class ") >= 2 and "sample 2/2" in result.output
     scores = json.loads(result.output[result.output.index("{"):])
     assert scores["samples"] == 2 and 0 <= scores["distinct_1"] <= 1
-    assert "syntax_error_rate" in scores and math.isfinite(scores["char_entropy_bits"])
+    assert rate in scores and other not in scores
+    assert math.isfinite(scores["char_entropy_bits"])

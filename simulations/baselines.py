@@ -83,6 +83,20 @@ def _scores_and_rows(model: torch.nn.Module, task: PreparedTask,
     return knowledge.scores(task.test_y.numpy(), rows.numpy()), rows.numpy()
 
 
+def _samples(cfg: FedConfig, task: PreparedTask, model: torch.nn.Module,
+             family: str) -> dict[str, Any] | None:
+    """The quality of text sampled from a language model (None for other tasks), drawn as
+    a federated run's summary draws its teacher's."""
+    if task.task != "lm":
+        return None
+    from tokenizers import Tokenizer
+
+    from simulations.generate import RunModel, model_samples
+
+    run = RunModel(model, Tokenizer.from_str(task.tokenizer_json), cfg.max_len, family)
+    return model_samples(run, cfg.dataset)
+
+
 def _plan(cfg: FedConfig, n: int) -> NoisePlan:
     """σ, q and steps for ``n`` examples over the run's rounds: the clients' own planner."""
     return plan_noise(budget=cfg.epsilon, delta=cfg.delta, num_examples=n,
@@ -130,6 +144,7 @@ def _centralized(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ..
     scores, _ = _scores_and_rows(model, task, device)
     eps = _epsilon(cfg, plan) if dp else math.inf
     return {"students": {"centralized": scores}, "epsilon": {"centralized": eps},
+            "samples": {"centralized": _samples(cfg, task, model, cfg.student_families[0])},
             "bytes_up": 0, "bytes_down": 0}
 
 
@@ -138,7 +153,7 @@ def local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...]
     """Each client alone on its partition, DP-SGD (or none); the mean of their test
     predictions is the ensemble."""
     device = resolve_device(cfg.device)
-    accs, eps, probs = {}, {}, []
+    accs, eps, probs, samples = {}, {}, [], {}
     for k, part in enumerate(parts):
         idx = torch.as_tensor(part)
         plan = _plan(cfg, len(part))
@@ -149,9 +164,10 @@ def local_only(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...]
                        device=device, seed=cfg.seed + k)
         accs[f"client-{k}"], p = _scores_and_rows(model, own, device)
         eps[f"client-{k}"] = _epsilon(cfg, plan) if dp else math.inf
+        samples[f"client-{k}"] = _samples(cfg, own, model, cfg.student_for(k))
         probs.append(p)
     ensemble = task.kind.knowledge.scores(task.test_y.numpy(), np.mean(probs, axis=0))
-    return {"students": accs, "epsilon": eps, "ensemble": ensemble,
+    return {"students": accs, "epsilon": eps, "ensemble": ensemble, "samples": samples,
             "bytes_up": 0, "bytes_down": 0}
 
 
@@ -181,8 +197,9 @@ def _fedavg(cfg: FedConfig, task: PreparedTask, parts: tuple[np.ndarray, ...], *
     scores, _ = _scores_and_rows(global_model, task, device)
     eps = {f"client-{k}": _epsilon(cfg, plan) if dp else math.inf
            for k, plan in enumerate(plans)}
-    return {"students": {"global": scores}, "epsilon": eps, "bytes_up": bytes_up,
-            "bytes_down": bytes_down}
+    return {"students": {"global": scores}, "epsilon": eps,
+            "samples": {"global": _samples(cfg, task, global_model, family)},
+            "bytes_up": bytes_up, "bytes_down": bytes_down}
 
 
 def _weighted_average(states: list[dict[str, torch.Tensor]],
@@ -222,7 +239,14 @@ def baseline_summary(name: str, cfg: FedConfig, result: dict[str, Any], seconds:
         },
         "communication": {"bytes_up": result["bytes_up"], "bytes_down": result["bytes_down"]},
         "wall_seconds": seconds,
+        **_samples_field(result),
     }
+
+
+def _samples_field(result: dict[str, Any]) -> dict[str, Any]:
+    """``{"samples": {model: quality}}`` for language models, else nothing."""
+    samples = {k: v for k, v in (result.get("samples") or {}).items() if v is not None}
+    return {"samples": samples} if samples else {}
 
 
 def _final(result: dict[str, Any], metric: str) -> dict[str, Any]:

@@ -35,6 +35,16 @@ from common.models import ModelConfig, build_model, sample_next_token
 
 BOS, EOS = "[BOS]", "[EOS]"
 
+# datasets whose documents are code: their samples are also scored by Python's compiler;
+# the samples of every other dataset by an English word list (the spelling-error rate)
+CODE_DATASETS = ("python-code",)
+
+# How a run's summary samples its language models: fixed, so that the rows of different
+# runs and baselines compare. Long enough for most python-code snippets to end (their
+# median is a few hundred characters); below 1 a temperature trades variety for fewer
+# errors, as people sample a small model.
+SAMPLE_SETTINGS = {"samples": 32, "max_new_tokens": 1000, "temperature": 0.8, "seed": 0}
+
 
 @dataclass(frozen=True)
 class RunModel:
@@ -74,9 +84,10 @@ def sample_texts(run: RunModel, prompt: str, *, samples: int = 1, max_new_tokens
     tok = run.tokenizer
     bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
     prompt_ids = [bos, *tok.encode(prompt, add_special_tokens=False).ids]
-    ids = torch.tensor([prompt_ids] * samples, dtype=torch.long)  # (S, P)
-    generator = torch.Generator().manual_seed(seed)
-    finished = torch.zeros(samples, dtype=torch.bool)
+    device = next(run.model.parameters()).device
+    ids = torch.tensor([prompt_ids] * samples, dtype=torch.long, device=device)  # (S, P)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    finished = torch.zeros(samples, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         # recompute over the last max_len tokens: positions never exceed what it learned
         logits = run.model(ids[:, -run.max_len:])[:, -1]  # (S, V)
@@ -182,3 +193,21 @@ def sample_quality(samples: Sequence[tuple[str, bool]], *, code: bool) -> dict[s
         whole = [text if finished else _cut_last_word(text) for text, finished in samples]
         quality["spelling_error_rate"] = spelling_errors(whole)
     return quality
+
+
+def model_samples(run: RunModel, dataset: str) -> dict[str, Any]:
+    """:func:`sample_quality` of unprompted samples drawn with ``SAMPLE_SETTINGS``, and
+    those settings: what a run's summary reports of its language model's text."""
+    was_training = run.model.training
+    run.model.eval()
+    try:
+        drawn = sample_texts(run, "", **SAMPLE_SETTINGS)
+    finally:
+        run.model.train(was_training)
+    return {**SAMPLE_SETTINGS, **sample_quality(drawn, code=dataset in CODE_DATASETS)}
+
+
+def run_samples(run: Path) -> dict[str, Any]:
+    """:func:`model_samples` of the final teacher a ``fedistill simulate`` run saved."""
+    cfg = FedConfig.from_mapping(load_toml(run / "run_config.toml"))
+    return model_samples(load_run_model(run), cfg.dataset)

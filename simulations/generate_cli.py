@@ -12,10 +12,6 @@ from simulations.cli_common import console
 
 generate_app = typer.Typer()
 
-# datasets whose documents are code: their samples are also scored by Python's compiler;
-# the samples of every other dataset by an English word list (the spelling-error rate)
-CODE_DATASETS = ("python-code",)
-
 
 @generate_app.command()
 def generate(
@@ -35,7 +31,12 @@ def generate(
 ) -> None:
     """Print text sampled from the run's teacher (or --weights teacher-round0.pt)."""
     from common.config import FedConfig, load_toml
-    from simulations.generate import load_run_model, sample_quality, sample_texts
+    from simulations.generate import (
+        CODE_DATASETS,
+        load_run_model,
+        sample_quality,
+        sample_texts,
+    )
 
     model = load_run_model(run, weights=weights)
     drawn = sample_texts(model, prompt, samples=samples, max_new_tokens=max_new_tokens,

@@ -33,7 +33,12 @@ def ledger_epsilons(out: Path, *, delta: float, accountant: str) -> dict[str, fl
 
 
 def finalize_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Replace the clients' reported ε by the ledger-recomputed one, and keep both."""
+    """Replace the clients' reported ε by the ledger-recomputed one, and keep both; for a
+    language model add the quality of text sampled from the final teacher."""
+    if summary.get("task") == "lm" and (out / "teacher.pt").is_file():
+        from simulations.generate import run_samples
+
+        summary["samples"] = {"teacher": run_samples(out)}
     privacy = summary["privacy"]
     recomputed = ledger_epsilons(out, delta=privacy["delta"], accountant=privacy["accountant"])
     if recomputed:
@@ -82,7 +87,24 @@ def summary_table(summary: dict[str, Any]) -> Table:
         if reference and f"seasonal_naive_{key}" in reference:
             table.add_row(f"seasonal naive {key} (season {reference['season']})",
                           _fmt(reference[f"seasonal_naive_{key}"]))
+    for label, value in _sample_rows(summary.get("samples", {}).get("teacher")):
+        table.add_row(label, _fmt(value))
     return table
+
+
+def _sample_rows(quality: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """What the table says of the teacher's sampled text (language models)."""
+    if not quality:
+        return []
+    drawn = (f"teacher samples ({quality['samples']} at temperature "
+             f"{quality['temperature']:g})")
+    rows = [(f"{drawn}: distinct-2", quality["distinct_2"])]
+    if "syntax_error_rate" in quality:
+        rows.append((f"{drawn}: syntax-error rate ({quality['finished']} finished)",
+                     quality["syntax_error_rate"]))
+    else:
+        rows.append((f"{drawn}: spelling-error rate", quality["spelling_error_rate"]))
+    return rows
 
 
 def _clients(summary: dict[str, Any]) -> str:

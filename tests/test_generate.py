@@ -26,7 +26,9 @@ from simulations.generate import (
     char_entropy,
     distinct_n,
     load_run_model,
+    model_samples,
     prose_words,
+    run_samples,
     sample_quality,
     sample_texts,
     spelling_errors,
@@ -165,6 +167,18 @@ def test_a_run_without_a_language_model_is_refused(tmp_path: Path) -> None:
     (root / "run_config.toml").write_text(tomli_w.dumps(cfg.to_run_config()))
     with pytest.raises(ConfigError, match="not a language model"):
         load_run_model(root)
+
+
+def test_a_summary_samples_with_fixed_settings_and_scores_by_dataset(tmp_path: Path) -> None:
+    code = run_samples(_run(tmp_path / "code"))
+    assert code["samples"] == 32 and code["temperature"] == 0.8 and code["seed"] == 0
+    assert 0 <= code["finished"] <= 32 and "spelling_error_rate" not in code
+    assert run_samples(_run(tmp_path / "code")) == code  # repeatable: a fixed seed
+    model = load_run_model(_run(tmp_path / "docs", dataset="python-docs"))
+    model.model.train()
+    prose = model_samples(model, "python-docs")
+    assert "spelling_error_rate" in prose and "syntax_error_rate" not in prose
+    assert model.model.training  # left as it was found
 
 
 @pytest.mark.parametrize("dataset,rate,other", [

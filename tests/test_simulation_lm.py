@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tomli_w
 from conftest import run_in_process
 from typer.testing import CliRunner
 
@@ -42,6 +43,7 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lm") / "run"
     cfg = resolve_config("lm", None, list(SHORT), out)
     run_in_process(cfg)
+    (out / "run_config.toml").write_text(tomli_w.dumps(cfg.to_run_config()))  # as runner.py
     finalize_summary(out, json.loads((out / "summary.json").read_text()))  # as simulate does
     return out
 
@@ -73,6 +75,10 @@ def test_the_summary_reports_perplexity(lm_run: Path) -> None:
     assert {"teacher_perplexity_initial", "teacher_perplexity", "ensemble_perplexity",
             "student_perplexity_mean"} <= set(final), final
     assert (lm_run / "tokenizer.json").exists() and (lm_run / "teacher.pt").exists()
+    # the final teacher's sampled prose, scored as `fedistill generate --quality` scores it
+    samples = summary["samples"]["teacher"]
+    assert samples["samples"] == 32 and samples["temperature"] == 0.8
+    assert 0 <= samples["spelling_error_rate"] <= 1 and "syntax_error_rate" not in samples
 
 
 def test_every_ledger_verifies_and_the_audit_reports_it(lm_run: Path, tmp_path: Path) -> None:

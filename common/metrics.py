@@ -1,8 +1,7 @@
 """Evaluation metrics as pure numpy functions.
 
-Classification (accuracy, macro-F1), language modelling (perplexity), generated text
-(word entropy, distinct-n, spelling-error rate against a training vocabulary, syntax-error
-rate of generated Python) and forecasting (MSE, MAE). They take plain arrays or lists so
+Classification (accuracy, macro-F1), language modelling (perplexity) and forecasting (MSE,
+MAE); generated text is scored in simulations/generate.py. They take plain arrays or lists so
 that the coordinator, the clients and the baselines compute them the same way, without
 torch. Empty or mismatched inputs raise DataError rather than returning NaN, which would
 otherwise flow silently into reports.
@@ -10,19 +9,12 @@ otherwise flow silently into reports.
 
 from __future__ import annotations
 
-import ast
 import math
-import re
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from common.errors import DataError
-
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*", re.UNICODE)
-
 
 # ------------------------------------------------------------------ classification
 
@@ -88,78 +80,6 @@ def perplexity(mean_nll: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased alphabetic words (apostrophes kept inside words, digits dropped)."""
-    return [w.lower() for w in _WORD.findall(text)]
-
-
-def word_vocabulary(texts: Iterable[str]) -> set[str]:
-    """The set of words of a training corpus (for :func:`spelling_error_rate`)."""
-    vocab: set[str] = set()
-    for text in texts:
-        vocab.update(words(text))
-    return vocab
-
-
-def _all_words(texts: Sequence[str] | str, what: str) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    tokens = [w for t in texts for w in words(t)]
-    if not tokens:
-        raise DataError(f"{what}: the generated text has no words.")
-    return tokens
-
-
-def word_entropy(texts: Sequence[str] | str, *, base: float = 2.0) -> float:
-    """Entropy of the unigram word distribution of generated text (bits by default).
-
-    Low entropy = repetitive generations.
-    """
-    counts = np.asarray(list(Counter(_all_words(texts, "word_entropy")).values()), dtype=float)
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum() / math.log(base))
-
-
-def distinct_n(texts: Sequence[str] | str, n: int = 2) -> float:
-    """Distinct-n (Li et al. 2016): unique word n-grams / all word n-grams, pooled over texts."""
-    if n < 1:
-        raise DataError(f"distinct_n needs n >= 1; got {n}.")
-    if isinstance(texts, str):
-        texts = [texts]
-    grams = [
-        tuple(ws[i : i + n]) for t in texts if (ws := words(t)) for i in range(len(ws) - n + 1)
-    ]
-    if not grams:
-        raise DataError(f"distinct_n: the generated text has no {n}-gram of words.")
-    return len(set(grams)) / len(grams)
-
-
-def spelling_error_rate(texts: Sequence[str] | str, vocabulary: Iterable[str]) -> float:
-    """Share of generated words absent from the training ``vocabulary`` (case-insensitive)."""
-    vocab = {w.lower() for w in vocabulary}
-    if not vocab:
-        raise DataError("spelling_error_rate needs a non-empty training vocabulary.")
-    tokens = _all_words(texts, "spelling_error_rate")
-    return sum(w not in vocab for w in tokens) / len(tokens)
-
-
-def syntax_error_rate(snippets: Sequence[str]) -> float:
-    """Share of generated Python snippets that ``ast.parse`` rejects."""
-    if isinstance(snippets, str):
-        snippets = [snippets]
-    if len(snippets) == 0:
-        raise DataError("syntax_error_rate needs at least one snippet.")
-    failures = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # generated code may hold e.g. invalid escapes
-        for snippet in snippets:
-            try:
-                ast.parse(snippet)
-            except (SyntaxError, ValueError):  # ValueError: null bytes in the source
-                failures += 1
-    return failures / len(snippets)
-
-
 # ------------------------------------------------------------------ forecasting
 
 
@@ -187,16 +107,10 @@ def mae(y_true: np.ndarray | Sequence[float], y_pred: np.ndarray | Sequence[floa
 
 __all__ = [
     "accuracy",
-    "distinct_n",
     "macro_f1",
     "mae",
     "mse",
     "perplexity",
-    "spelling_error_rate",
-    "syntax_error_rate",
-    "word_entropy",
-    "word_vocabulary",
-    "words",
 ]
 
 

@@ -25,7 +25,7 @@ from common.data import (
     shared_data_dir,
 )
 from common.errors import ConfigError, DataError
-from common.metrics import syntax_error_rate
+from simulations.generate import syntax_errors
 
 OFFLINE = ["digits", "mnist-5k", "python-code", "python-docs", "rotten-tomatoes", "seattle-temps"]
 SHARED = ["sst2", "tinyshakespeare", "etth1"]
@@ -116,7 +116,7 @@ def test_rotten_tomatoes_test_movies_are_unseen() -> None:
 
 def test_python_code_documents_parse() -> None:
     roles = load_dataset("python-code")
-    assert syntax_error_rate(list(roles.test.texts)) == 0.0
+    assert syntax_errors(list(roles.test.texts)) == 0
 
 
 def test_roles_are_read_only() -> None:

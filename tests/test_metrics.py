@@ -10,16 +10,10 @@ import pytest
 from common.errors import DataError
 from common.metrics import (
     accuracy,
-    distinct_n,
     macro_f1,
     mae,
     mse,
     perplexity,
-    spelling_error_rate,
-    syntax_error_rate,
-    word_entropy,
-    word_vocabulary,
-    words,
 )
 
 
@@ -61,30 +55,6 @@ def test_perplexity() -> None:
         perplexity(float("nan"))
 
 
-def test_word_entropy_and_distinct() -> None:
-    # words a a b b: p = (1/2, 1/2) -> 1 bit; a a a a: 0 bits.
-    assert word_entropy("a a b b") == pytest.approx(1.0)
-    assert word_entropy(["a a", "a a"]) == pytest.approx(0.0)
-    # "the cat the cat": bigrams (the,cat) (cat,the) (the,cat) -> 2 unique of 3.
-    assert distinct_n("the cat the cat", 2) == pytest.approx(2 / 3)
-    # unigrams: 2 unique of 4.
-    assert distinct_n(["the cat", "the cat"], 1) == pytest.approx(0.5)
-
-
-def test_spelling_error_rate() -> None:
-    vocab = word_vocabulary(["The cat sat.", "A dog ran!"])
-    assert vocab == {"the", "cat", "sat", "a", "dog", "ran"}
-    # "the cat sta on teh mat": sta, teh, on, mat absent -> 4 of 6.
-    assert spelling_error_rate("the cat sta on teh mat", vocab) == pytest.approx(4 / 6)
-    assert spelling_error_rate("The CAT", vocab) == 0.0
-    assert words("don't stop 42 times") == ["don't", "stop", "times"]
-
-
-def test_syntax_error_rate() -> None:
-    snippets = ["x = 1", "def f(:\n    pass", "for i in range(3):\n    print(i)", "x = (", "a\0b"]
-    assert syntax_error_rate(snippets) == pytest.approx(3 / 5)
-
-
 def test_mse_mae() -> None:
     y, p = [[1.0, 2.0], [3.0, 4.0]], [[2.0, 2.0], [1.0, 4.0]]
     # errors 1, 0, -2, 0 -> MSE (1 + 4)/4, MAE (1 + 2)/4
@@ -99,10 +69,6 @@ def test_mse_mae() -> None:
         pytest.param(lambda: accuracy([0, 1], [0]), "2 labels but 1", id="accuracy length"),
         pytest.param(lambda: mse([1.0], [1.0, 2.0]), "differ", id="mse shapes"),
         pytest.param(lambda: mae([], []), "at least one", id="mae empty"),
-        pytest.param(lambda: spelling_error_rate("x", []), "vocabulary", id="empty vocab"),
-        pytest.param(lambda: distinct_n("one", 2), "2-gram", id="no bigram"),
-        pytest.param(lambda: word_entropy("123"), "no words", id="no words"),
-        pytest.param(lambda: syntax_error_rate([]), "at least one", id="no snippets"),
     ],
 )
 def test_bad_input_raises_data_error(call, match: str) -> None:

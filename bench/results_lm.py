@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.pages import lines as page_lines
 from common.metrics import mean_interval
 
 METHODS = ("federated-distillation", "public-only", "non-private-fd", "centralized",
@@ -37,7 +38,6 @@ def _acc(x: float | None) -> str:
 
 def section(preset: str, rows: list[dict[str, Any]], header: list[str]) -> list[str]:
     """Table, reference line and comparison of a language-modelling preset."""
-    del preset
     out = [*header, "Test perplexity (lower is better) and token accuracy on the test "
            "windows, next-character prediction.", "",
            "| method | seed | private step | teacher perplexity (initial → final) | "
@@ -51,7 +51,8 @@ def section(preset: str, rows: list[dict[str, Any]], header: list[str]) -> list[
                 f"{ppl(reference['bigram_perplexity'])}, token accuracy "
                 f"{_acc(reference['bigram_token_accuracy'])}; unigram perplexity "
                 f"{ppl(reference['unigram_perplexity'])}.", ""]
-    return out + comparison(rows) + samples_table(rows) + targets_table(rows)
+    return (out + comparison(rows) + samples_table(rows) + targets_table(rows)
+            + page_lines(f"RESULTS/{preset}_note.md") + [""])
 
 
 def _row(row: dict[str, Any]) -> str:

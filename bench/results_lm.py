@@ -119,7 +119,7 @@ def samples_table(rows: list[dict[str, Any]]) -> list[str]:
     what = "syntax-error rate of the finished samples" if key.startswith("syntax") else \
         "spelling-error rate"
     out = [f"**Sampled text**: {first['samples']} unprompted samples of at most "
-           f"{first['max_new_tokens']} tokens at temperature {first['temperature']:g} from "
+           f"{first['max_new_tokens']:,} tokens at temperature {first['temperature']:g} from "
            "each federation's final teacher and each baseline's students; the "
            f"{what} (lower is better) and distinct-2 (the share of unique word pairs), mean "
            "over seeds with a 95% interval.", "",

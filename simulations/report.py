@@ -96,14 +96,12 @@ def _sample_rows(quality: dict[str, Any] | None) -> list[tuple[str, Any]]:
     """What the table says of the teacher's sampled text (language models)."""
     if not quality:
         return []
-    drawn = (f"teacher samples ({quality['samples']} at temperature "
-             f"{quality['temperature']:g})")
-    rows = [(f"{drawn}: distinct-2", quality["distinct_2"])]
+    rows = [(f"teacher's {quality['samples']} samples: distinct-2", quality["distinct_2"])]
     if "syntax_error_rate" in quality:
-        rows.append((f"{drawn}: syntax-error rate ({quality['finished']} finished)",
+        rows.append((f"... syntax-error rate ({quality['finished']} ended)",
                      quality["syntax_error_rate"]))
     else:
-        rows.append((f"{drawn}: spelling-error rate", quality["spelling_error_rate"]))
+        rows.append(("... spelling-error rate", quality["spelling_error_rate"]))
     return rows
 
 

@@ -33,6 +33,19 @@ def test_the_summary_table_shows_the_reference_row():
     assert "TF-IDF + LR on the teacher's 500 labels" in cells and "0.6600" in cells
 
 
+def test_the_summary_table_shows_the_teacher_s_sampled_code():
+    summary = {"method": "federated-distillation", "dataset": "python-code", "rounds": 1,
+               "clients": 2, "wall_seconds": 1.0, "metric": "perplexity",
+               "final": {"teacher_perplexity": 7.5},
+               "privacy": {"epsilon_max": 1.0, "budget": 8.0, "delta": 1e-5},
+               "communication": {"bytes_up": 1, "bytes_down": 2},
+               "samples": {"teacher": {"samples": 32, "distinct_2": 0.9, "finished": 20,
+                                       "syntax_error_rate": 0.95}}}
+    cells = [cell for column in summary_table(summary).columns for cell in column._cells]
+    assert "teacher's 32 samples: distinct-2" in cells and "0.9000" in cells
+    assert "... syntax-error rate (20 ended)" in cells and "0.9500" in cells
+
+
 def test_the_stdlib_topic_folder_is_a_four_class_dataset(tmp_path):
     subprocess.run([sys.executable, "-m", "bench.stdlib_topics", str(tmp_path / "topics")],
                    check=True, capture_output=True, cwd=ROOT)

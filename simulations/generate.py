@@ -40,8 +40,8 @@ BOS, EOS = "[BOS]", "[EOS]"
 CODE_DATASETS = ("python-code",)
 
 # How a run's summary samples its language models: fixed, so that the rows of different
-# runs and baselines compare. Long enough for most python-code snippets to end (their
-# median is a few hundred characters); below 1 a temperature trades variety for fewer
+# runs and baselines compare. Long enough for a python-code snippet of typical length to
+# end (only an ended sample is compiled); below 1 a temperature trades variety for fewer
 # errors, as people sample a small model.
 SAMPLE_SETTINGS = {"samples": 32, "max_new_tokens": 1000, "temperature": 0.8, "seed": 0}
 

@@ -128,17 +128,21 @@ def samples_table(rows: list[dict[str, Any]]) -> list[str]:
         mine = [r for r in rows if r["method"] == method and _samples(r)]
         if not mine:
             continue
-        errors = [_mean_of(r, key) for r in mine]
         who = "teacher" if "teacher" in (mine[0].get("samples") or {}) else "students"
         out.append(f"| {method} | {len(mine)} | {who} | "
-                   f"{_rate_interval([e for e in errors if e is not None])} | "
-                   f"{_rate_interval([_mean_of(r, 'distinct_2') for r in mine])} |")
+                   f"{_rate_interval(_rates(rows, method, key))} | "
+                   f"{_rate_interval(_rates(rows, method, 'distinct_2'))} |")
     return out + [""]
 
 
 def _mean_of(row: dict[str, Any], key: str) -> float | None:
     values = [q[key] for q in _samples(row) if q.get(key) is not None]
     return float(np.mean(values)) if values else None
+
+
+def _rates(rows: list[dict[str, Any]], method: str, key: str) -> list[float]:
+    """Per row of ``method``, the mean of ``key`` over its sampled models (where scored)."""
+    return [v for r in rows if r["method"] == method and (v := _mean_of(r, key)) is not None]
 
 
 def _rate_interval(values: list[float]) -> str:
@@ -178,10 +182,8 @@ def targets_table(rows: list[dict[str, Any]]) -> list[str]:
 def _syntax_target(rows: list[dict[str, Any]]) -> list[str]:
     if _error_key(rows) != "syntax_error_rate":
         return []
-    fd = [e for r in rows if r["method"] == "federated-distillation"
-          and (e := _mean_of(r, "syntax_error_rate")) is not None]
-    local = [e for r in rows if r["method"] == "local-only"
-             and (e := _mean_of(r, "syntax_error_rate")) is not None]
+    fd = _rates(rows, "federated-distillation", "syntax_error_rate")
+    local = _rates(rows, "local-only", "syntax_error_rate")
     if not fd or not local:
         return []
     bar = float(np.mean(local))
